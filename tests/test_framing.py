@@ -211,7 +211,7 @@ def test_exact_size_limit() -> None:
     assert feed_all([message], StreamFramer(len(message))) == [message]
     with pytest.raises(SipProtocolError) as info:
         feed_all([message], StreamFramer(len(message) - 1))
-    assert info.value.status == 413
+    assert info.value.status == 513
 
 
 def test_head_exactly_at_the_limit() -> None:
@@ -219,7 +219,7 @@ def test_head_exactly_at_the_limit() -> None:
     assert feed_all(one_by_one(message), StreamFramer(len(message))) == [message]
     with pytest.raises(SipProtocolError) as info:
         feed_all(one_by_one(message), StreamFramer(len(message) - 1))
-    assert info.value.status == 413
+    assert info.value.status == 513
 
 
 def test_unterminated_head_is_refused_within_one_read() -> None:
@@ -233,7 +233,7 @@ def test_unterminated_head_is_refused_within_one_read() -> None:
             assert fed <= limit
             framer.feed(b"X-Pad: " + b"a" * (read - 9) + b"\r\n")
             fed += read
-    assert info.value.status == 413
+    assert info.value.status == 513
     assert fed <= limit + read
     assert framer.buffered == 0  # the buffer is released on error
 
@@ -243,7 +243,7 @@ def test_declared_oversize_body_is_refused_before_it_arrives() -> None:
     framer.feed(head(b"Content-Length: 1000"))
     with pytest.raises(SipProtocolError) as info:
         framer.next_event()
-    assert info.value.status == 413
+    assert info.value.status == 513
 
 
 def test_absurdly_long_content_length_is_oversize() -> None:
@@ -251,7 +251,7 @@ def test_absurdly_long_content_length_is_oversize() -> None:
     framer.feed(head(b"l: " + b"9" * 5000))
     with pytest.raises(SipProtocolError) as info:
         framer.next_event()
-    assert info.value.status == 413
+    assert info.value.status == 513
 
 
 @pytest.mark.parametrize(

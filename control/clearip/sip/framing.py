@@ -183,14 +183,14 @@ class StreamFramer:
         if found < 0:
             if len(buf) - start >= self._max:
                 # Even if the terminator's last byte came next, head alone would be too big.
-                raise SipProtocolError("message head exceeds the size limit", 413)
+                raise SipProtocolError("message head exceeds the size limit", 513)
             # The terminator may straddle the next read: keep its possible first 3 bytes.
             self._scan = max(start, len(buf) - 3)
             return False
         head_end = found + len(_HEAD_END)
         total = head_end - start + self._content_length(start, head_end)
         if total > self._max:
-            raise SipProtocolError("message exceeds the size limit", 413)
+            raise SipProtocolError("message exceeds the size limit", 513)
         self._total = total
         return True
 
@@ -214,7 +214,7 @@ class StreamFramer:
         (value,) = values
         # Compare lengths first: int() of a huge digit string is slow or refused outright.
         if len(value) > len(str(self._max)):
-            raise SipProtocolError("declared body exceeds the size limit", 413)
+            raise SipProtocolError("declared body exceeds the size limit", 513)
         return int(value)
 
     def _consume(self, count: int) -> None:
