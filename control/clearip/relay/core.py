@@ -1,0 +1,587 @@
+"""The proxy core: SIP in, SIP out, no sockets and no clock (SPEC §3).
+
+`ProxyCore.receive()` takes one message's bytes with the `Flow` it came on; `on_timer()` runs
+what is due; `data_to_send()` hands over the `Send` records the adapter must put on the wire.
+Transactions (RFC 3261 §17) absorb retransmissions; `Call` (call.py) runs the ClearIP and
+provider stages of each INVITE; in-dialog requests are loose-routed (§16.12) by `Relay`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from clearip.config import Config
+from clearip.relay.counters import Counters
+from clearip.relay.events import Address, Flow, Send, Target
+from clearip.relay.routing import default_port, target_for_uri
+from clearip.sip.errors import SipProtocolError
+from clearip.sip.headers import NameAddr
+from clearip.sip.message import Request, Response, SipMessage, build_response, parse_message
+from clearip.sip.transaction import (
+    ClientTransaction,
+    ServerTransaction,
+    TxDeliver,
+    TxEvent,
+    TxSend,
+    TxTerminated,
+    TxTimeout,
+    TxTransportError,
+    client_key,
+    server_key,
+)
+from clearip.sip.uri import SipUri, parse_uri
+
+log = logging.getLogger("clearip.relay")
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, PRACK, INFO, REFER, NOTIFY"
+IN_DIALOG_METHODS = frozenset(
+    {"ACK", "BYE", "INVITE", "UPDATE", "PRACK", "INFO", "REFER", "NOTIFY", "OPTIONS", "MESSAGE"}
+)
+BRANCH_MAGIC = "z9hG4bK"
+
+
+class Environment(Protocol):
+    """What the core needs to know about the host; the adapter answers from its sockets."""
+
+    def via_address(self, transport: str, dest_host: str) -> Address:
+        """Sent-by for our Via toward `dest_host` (this worker's own port for UDP)."""
+        ...
+
+    def rr_address(self, transport: str, peer_host: str) -> Address:
+        """Our address for a Record-Route entry facing `peer_host` (advertise applied)."""
+        ...
+
+    def is_local(self, host: str, port: int | None) -> bool:
+        """True if host:port reaches this proxy (a Route or Request-URI naming us)."""
+        ...
+
+    def is_trusted(self, ip: str) -> bool:
+        """The trusted list (trust.sources ∪ state file)."""
+        ...
+
+
+@dataclass(slots=True)
+class TxRecord:
+    """A transaction with where its messages go and who gets its results."""
+
+    tx: ClientTransaction | ServerTransaction
+    target: Target
+    owner: Any = None  # Call, Relay, or None (fire-and-forget ACK/BYE/CANCEL we originate)
+    role: str = ""  # what the transaction is to its owner: "clearip", "branch", "cancel" ...
+    data: Any = None  # the owner's per-transaction state (e.g. the Branch)
+
+
+@dataclass(order=True, slots=True)
+class _Timer:
+    when: float
+    seq: int
+    obj: Any = field(compare=False)
+
+
+class ProxyCore:
+    def __init__(self, config: Config, env: Environment, counters: Counters, worker: int = 0):
+        self.config = config
+        self.env = env
+        self.counters = counters
+        self.worker = worker
+        self._instance = os.urandom(3).hex()  # branch/tag uniqueness across restarts
+        self._ids = itertools.count(1)
+        self._outbox: list[Send] = []
+        self._timers: list[_Timer] = []
+        self._seq = itertools.count()
+        self.server_txs: dict[tuple[Any, ...], TxRecord] = {}
+        self.client_txs: dict[tuple[str, str], TxRecord] = {}
+        self.calls: dict[tuple[Any, ...], Any] = {}  # INVITE server key -> Call
+        self.link_conns: list[int] = []  # ClearIP link connections that are up
+        self._link_rr = 0
+        self.draining = False  # shutting down: no new calls
+        self._last_4xx_warning = -1e9
+        self.pinholes: dict[str, int] = {}  # next-hop IP -> calls/dialogs using it
+        self.dialogs: dict[str, Any] = {}  # Call-ID -> Dialog, for calls this worker set up
+
+    # -- adapter interface ---------------------------------------------------------------------
+
+    def data_to_send(self) -> list[Send]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        while self._timers:
+            top = self._timers[0]
+            if _deadline(top.obj) == top.when:
+                return top.when
+            heapq.heappop(self._timers)  # stale: the object moved or dropped its timer
+        return None
+
+    def on_timer(self, now: float) -> None:
+        while self._timers and self._timers[0].when <= now:
+            entry = heapq.heappop(self._timers)
+            obj = entry.obj
+            if _deadline(obj) != entry.when:
+                continue
+            if isinstance(obj, TxRecord):
+                self._tx_events(obj, obj.tx.on_timer(now), now)
+            elif hasattr(obj, "on_timer"):
+                obj.on_timer(now)
+            else:  # a Dialog past its maximum age
+                self.dialog_ended(obj.call_id)
+
+    def arm(self, obj: Any) -> None:
+        """(Re)schedule `obj` at its current deadline; stale entries are skipped later."""
+        when = _deadline(obj)
+        if when is not None:
+            heapq.heappush(self._timers, _Timer(when, next(self._seq), obj))
+
+    def receive(self, data: bytes, flow: Flow, now: float) -> None:
+        """One complete SIP message (a datagram, or one framed from a stream)."""
+        counters = self.counters
+        if not flow.upstream:
+            counters.inc("messages_in")
+            counters.source(flow.remote[0], "messages_in")
+        try:
+            msg = parse_message(
+                data,
+                max_bytes=self.config.limits.max_message_bytes,
+                max_headers=self.config.limits.max_headers,
+                framed=flow.transport != "udp",
+            )
+            msg.check()
+        except SipProtocolError as e:
+            self._malformed(data, flow, e)
+            return
+        if isinstance(msg, Response):
+            self._on_response(msg, flow, now)
+        else:
+            assert isinstance(msg, Request)
+            self._on_request(msg, flow, now)
+
+    def send_failed(self, token: object, now: float) -> None:
+        """The adapter could not send (connect refused, no route, TLS failure ...)."""
+        if isinstance(token, TxRecord):
+            self._tx_events(token, token.tx.transport_error(now), now)
+
+    def link_up(self, conn: int, now: float) -> None:
+        if conn not in self.link_conns:
+            self.link_conns.append(conn)
+        for call in list(self.calls.values()):
+            call.on_link_up(now)
+
+    def link_down(self, conn: int, now: float) -> None:
+        """A ClearIP connection closed: INVITEs waiting on it are sent once more (SPEC §3)."""
+        if conn in self.link_conns:
+            self.link_conns.remove(conn)
+        for call in list(self.calls.values()):
+            call.on_link_down(conn, now)
+
+    @property
+    def link_is_up(self) -> bool:
+        return bool(self.link_conns)
+
+    def upstream_target(self) -> Target | None:
+        if not self.link_conns:
+            return None
+        self._link_rr = (self._link_rr + 1) % len(self.link_conns)
+        cfg = self.config.clearip
+        return Target(cfg.transport, cfg.host, cfg.port, self.link_conns[self._link_rr], True)
+
+    # -- helpers for Call and Relay ------------------------------------------------------------
+
+    def new_branch(self) -> str:
+        return f"{BRANCH_MAGIC}.cip{self.worker}.{self._instance}.{next(self._ids):x}"
+
+    def new_tag(self) -> str:
+        return f"cip{self.worker}{self._instance}{next(self._ids):x}"
+
+    def is_our_branch(self, branch: str | None) -> bool:
+        return branch is not None and branch.startswith(f"{BRANCH_MAGIC}.cip")
+
+    def via_for(self, target: Target) -> str:
+        host, port = self.env.via_address(target.transport, target.host)
+        sent_by = _hostport(host, port)
+        return f"SIP/2.0/{target.transport.upper()} {sent_by};branch={self.new_branch()};rport"
+
+    def rr_uri(self, transport: str, peer_host: str) -> str:
+        host, port = self.env.rr_address(transport, peer_host)
+        tparam = "" if transport == "udp" else f";transport={transport}"
+        return f"<sip:{_hostport(host, port)}{tparam};lr>"
+
+    def send(self, data: bytes, target: Target, token: object = None) -> None:
+        self._outbox.append(Send(data, target, token))
+
+    def start_client_tx(
+        self,
+        request: Request,
+        target: Target,
+        owner: Any,
+        role: str,
+        now: float,
+        *,
+        timeout: float | None = None,
+        data: Any = None,
+    ) -> TxRecord:
+        tx = ClientTransaction(request, reliable=target.transport != "udp", timer_b=timeout)
+        rec = TxRecord(tx, target, owner, role, data)
+        self.client_txs[tx.key] = rec
+        self._tx_events(rec, tx.start(now), now)
+        return rec
+
+    def respond(self, rec: TxRecord, resp: Response, now: float) -> None:
+        """Send a response through a server transaction (retransmitted as RFC 3261 says)."""
+        assert isinstance(rec.tx, ServerTransaction)
+        if resp.status >= 200:
+            self.counters.final_code(resp.status)
+        self._tx_events(rec, rec.tx.send_response(resp, now), now)
+
+    def reply(
+        self,
+        rec: TxRecord,
+        status: int,
+        reason: str,
+        now: float,
+        headers: list[tuple[str, bytes | str]] | None = None,
+    ) -> None:
+        """A locally generated response to the request of server transaction `rec`."""
+        request = rec.tx.request
+        tag = self.new_tag() if status > 100 else None
+        self.respond(
+            rec, build_response(request, status, reason, to_tag=tag, headers=headers or ()), now
+        )
+
+    def reply_stateless(
+        self,
+        request: Request,
+        flow: Flow,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, bytes | str]] | None = None,
+    ) -> None:
+        resp = build_response(request, status, reason, to_tag=self.new_tag(), headers=headers or ())
+        self.counters.final_code(status)
+        self.send(resp.to_bytes(), response_target(request, flow))
+
+    def cancel_branch(self, rec: TxRecord, now: float) -> None:
+        """CANCEL a client INVITE transaction (RFC 3261 §9.1: only after a provisional)."""
+        tx = rec.tx
+        assert isinstance(tx, ClientTransaction)
+        cancel = tx.make_cancel()
+        self.start_client_tx(cancel, rec.target, None, "cancel", now)
+
+    # -- transactions ----------------------------------------------------------------------------
+
+    def _tx_events(self, rec: TxRecord, events: list[TxEvent], now: float) -> None:
+        for ev in events:
+            if isinstance(ev, TxSend):
+                self.send(ev.data, rec.target, rec)
+            elif isinstance(ev, TxDeliver):
+                if rec.owner is not None:
+                    rec.owner.on_tx_message(rec, ev.msg, now)
+                elif isinstance(ev.msg, Response):
+                    self._orphan_response(rec, ev.msg, now)
+            elif isinstance(ev, TxTimeout):
+                if rec.owner is not None:
+                    rec.owner.on_tx_timeout(rec, now)
+            elif isinstance(ev, TxTransportError):
+                if rec.owner is not None:
+                    rec.owner.on_tx_error(rec, now)
+            elif isinstance(ev, TxTerminated):
+                self._drop_tx(rec)
+        self.arm(rec)
+
+    def _drop_tx(self, rec: TxRecord) -> None:
+        key = rec.tx.key
+        if isinstance(rec.tx, ClientTransaction):
+            if self.client_txs.get(key) is rec:  # type: ignore[arg-type]
+                del self.client_txs[key]  # type: ignore[arg-type]
+        elif self.server_txs.get(key) is rec:
+            del self.server_txs[key]
+        if rec.owner is not None and hasattr(rec.owner, "on_tx_terminated"):
+            rec.owner.on_tx_terminated(rec)
+
+    def _orphan_response(self, rec: TxRecord, resp: Response, now: float) -> None:
+        """A 2xx to an INVITE nobody wants any more (late answer on an abandoned branch)."""
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def _on_request(self, req: Request, flow: Flow, now: float) -> None:
+        from clearip.relay.call import Call
+        from clearip.relay.dialog import Relay
+
+        if flow.upstream:
+            return  # ClearIP never sends us requests; ignore rather than act on them
+        key = server_key(req)
+        rec = self.server_txs.get(key)
+        if rec is not None:  # a retransmission, or the ACK of a non-2xx final
+            self._tx_events(rec, rec.tx.receive(req, now), now)
+            return
+        method = req.method
+        if method == "ACK":
+            # an ACK matching no transaction is for a 2xx: end-to-end, forwarded statelessly
+            if req.to.tag is not None and self._trusted_or_dialog(flow):
+                Relay.forward_ack(self, req, flow, now)
+            return
+        in_dialog = req.to.tag is not None
+        if not self._trusted_or_dialog(flow) or (not in_dialog and not self._trusted(flow)):
+            self._untrusted(req, flow)
+            return
+        if method == "CANCEL":
+            self._on_cancel(req, flow, now)
+            return
+        mf = req.max_forwards
+        if mf == 0 and method != "OPTIONS":
+            self.reply_stateless(req, flow, 483, "Too Many Hops")
+            return
+        if len(self.server_txs) >= self.config.limits.max_transactions:
+            self.reply_stateless(req, flow, 503, "Too Many Transactions", [("Retry-After", "5")])
+            return
+        if in_dialog:
+            if self._is_for_us(req):
+                Relay.start(self, req, flow, now)
+            elif method == "OPTIONS":
+                self._server_reply(req, flow, 200, "OK", now, self._options_headers())
+            else:
+                self.reply_stateless(req, flow, 404, "Not Here")
+            return
+        if method == "INVITE":
+            if self.draining:
+                self.reply_stateless(req, flow, 503, "Shutting Down", [("Retry-After", "2")])
+                return
+            if self._is_loop(req):
+                self.reply_stateless(req, flow, 482, "Loop Detected")
+                return
+            self.counters.inc("invites")
+            self.counters.source(flow.remote[0], "invites")
+            rec = self.new_server_tx(req, flow)
+            call = Call(self, rec, req, flow, now)
+            self.calls[key] = call
+            call.start(now)
+        elif method == "OPTIONS":
+            self._server_reply(req, flow, 200, "OK", now, self._options_headers())
+        else:
+            self._server_reply(req, flow, 405, "Method Not Allowed", now, [("Allow", ALLOW)])
+
+    def _options_headers(self) -> list[tuple[str, bytes | str]]:
+        return [("Allow", ALLOW), ("Accept", "application/sdp")]
+
+    def _server_reply(
+        self,
+        req: Request,
+        flow: Flow,
+        status: int,
+        reason: str,
+        now: float,
+        headers: list[tuple[str, bytes | str]],
+    ) -> None:
+        rec = self.new_server_tx(req, flow)
+        self.reply(rec, status, reason, now, headers)
+
+    def new_server_tx(self, req: Request, flow: Flow) -> TxRecord:
+        tx = ServerTransaction(req, reliable=flow.transport != "udp")
+        rec = TxRecord(tx, response_target(req, flow))
+        self.server_txs[tx.key] = rec
+        return rec
+
+    def strip_own_routes(self, req: Request) -> None:
+        """RFC 3261 §16.4: remove the Route entries naming this proxy (two after double RR)."""
+        while req.routes and self.uri_is_local(req.routes[0].uri):
+            req.pop_first_value("route")
+
+    def abandon(self, rec: TxRecord) -> None:
+        """Forget a client transaction without further events (its connection is gone)."""
+        rec.owner = None
+        self._drop_tx(rec)
+
+    def dialog_started(self, call: Any, resp: Response, target: Target) -> None:
+        from clearip.relay.dialog import DIALOG_MAX_AGE, Dialog
+
+        call_id = resp.call_id
+        if call_id in self.dialogs:
+            return
+        dialog = Dialog(call_id, target.host, call.started + DIALOG_MAX_AGE)
+        self.dialogs[call_id] = dialog
+        self.open_pinhole(target.host)
+        self.arm(dialog)
+
+    def dialog_ended(self, call_id: str) -> None:
+        dialog = self.dialogs.pop(call_id, None)
+        if dialog is not None:
+            dialog.deadline = None
+            self.close_pinhole(dialog.peer)
+            self.counters.inc("calls_active", -1)
+
+    def hang_up_late_2xx(self, rec: TxRecord, resp: Response, now: float) -> None:
+        from clearip.relay.dialog import hang_up
+
+        hang_up(self, rec, resp, now)
+
+    def forget_call(self, call: Any) -> None:
+        key = call.server.tx.key
+        if self.calls.get(key) is call:
+            del self.calls[key]
+
+    def _on_cancel(self, req: Request, flow: Flow, now: float) -> None:
+        key = server_key(req)
+        invite_key = (*key[:-1], "INVITE")  # RFC 3261 §9.2: the CANCEL matches its INVITE
+        call = self.calls.get(invite_key)
+        if call is None:
+            self._server_reply(req, flow, 481, "Call/Transaction Does Not Exist", now, [])
+            return
+        self._server_reply(req, flow, 200, "OK", now, [])
+        call.cancel(now)
+
+    def _trusted(self, flow: Flow) -> bool:
+        return self.env.is_trusted(flow.remote[0])
+
+    def _trusted_or_dialog(self, flow: Flow) -> bool:
+        """In-dialog requests may also come from next hops we sent calls to (SPEC §5 pinholes)."""
+        return self._trusted(flow) or self.is_pinholed(flow.remote[0])
+
+    def is_pinholed(self, ip: str) -> bool:
+        return ip in self.pinholes
+
+    def open_pinhole(self, host: str) -> None:
+        """Admit in-dialog traffic from a next hop we sent a call to, while the call lives."""
+        self.pinholes[host] = self.pinholes.get(host, 0) + 1
+
+    def close_pinhole(self, host: str) -> None:
+        n = self.pinholes.get(host, 0) - 1
+        if n <= 0:
+            self.pinholes.pop(host, None)
+        else:
+            self.pinholes[host] = n
+
+    def _untrusted(self, req: Request, flow: Flow) -> None:
+        self.counters.inc("dropped_untrusted")
+        if self.config.trust.untrusted == "403":
+            self.reply_stateless(req, flow, 403, "Forbidden")
+
+    def _is_for_us(self, req: Request) -> bool:
+        routes = req.routes
+        if routes:
+            return self.uri_is_local(routes[0].uri)
+        return self.uri_is_local(req.uri.decode("utf-8", "surrogateescape"))
+
+    def uri_is_local(self, text: str) -> bool:
+        try:
+            uri = parse_uri(text)
+        except SipProtocolError:
+            return False
+        return isinstance(uri, SipUri) and self.env.is_local(
+            uri.host, uri.port or default_port(uri.transport)
+        )
+
+    def _is_loop(self, req: Request) -> bool:
+        """RFC 3261 §16.3 step 4, simplified: one of our own branches is already in the Vias."""
+        return any(self.is_our_branch(v.branch) for v in req.vias)
+
+    def _malformed(self, data: bytes, flow: Flow, err: SipProtocolError) -> None:
+        """SPEC §3 bad input: 400 with the reason when the Via can be read, else a counted drop."""
+        self.counters.inc("malformed")
+        log.debug("malformed message from %s:%d: %s", *flow.remote, err.reason)
+        if flow.upstream or not self.env.is_trusted(flow.remote[0]):
+            return
+        try:
+            msg = parse_message(data, framed=flow.transport != "udp")
+        except SipProtocolError:
+            return
+        if not isinstance(msg, Request) or msg.method == "ACK":
+            return
+        try:
+            msg.top_via  # noqa: B018 - can we route a response at all?
+            status = err.status if 400 <= err.status < 600 else 400
+            resp = build_response(msg, status, _reason_for(status, err))
+            self.counters.final_code(status)
+            self.send(resp.to_bytes(), response_target(msg, flow))
+        except SipProtocolError:
+            return
+
+    # -- responses -------------------------------------------------------------------------------
+
+    def _on_response(self, resp: Response, flow: Flow, now: float) -> None:
+        try:
+            key = client_key(resp)
+        except SipProtocolError:
+            self.counters.inc("malformed")
+            return
+        rec = self.client_txs.get(key)
+        if rec is not None:
+            self._tx_events(rec, rec.tx.receive(resp, now), now)
+            return
+        # RFC 3261 §16.7 step 1 / §16.11: a response for no transaction (a late 2xx
+        # retransmission) is forwarded statelessly when its top Via is ours.
+        if resp.cseq.method == "INVITE" and 200 <= resp.status < 300:
+            self.forward_response_statelessly(resp)
+
+    def forward_response_statelessly(self, resp: Response) -> None:
+        vias = resp.vias
+        if len(vias) < 2 or not self.is_our_branch(vias[0].branch):
+            return
+        resp.pop_first_value("via")
+        self.send(resp.to_bytes(), via_target(vias[1]))
+
+
+# -------------------------------------------------------------------------------------------------
+
+
+def response_target(request: Request, flow: Flow) -> Target:
+    """RFC 3261 §18.2.2 + RFC 3581: back on the connection, or to the source address and port."""
+    if flow.conn is not None:
+        return Target(flow.transport, flow.remote[0], flow.remote[1], flow.conn)
+    via = request.top_via
+    port = flow.remote[1] if via.rport is not None else (via.port or 5060)
+    return Target(flow.transport, flow.remote[0], port, local=flow.local)
+
+
+def via_target(via: Any) -> Target:
+    """Where a response goes by its (next) Via: received/rport if set, else sent-by."""
+    transport = via.transport.lower()
+    host = via.received or via.host
+    rport = via.rport
+    port = (
+        rport
+        if isinstance(rport, int) and rport is not True
+        else (via.port or default_port(transport))
+    )
+    return Target(transport, host, port)
+
+
+def route_target(route: NameAddr) -> Target:
+    uri = parse_uri(route.uri)
+    if not isinstance(uri, SipUri):
+        raise SipProtocolError("Route is not a SIP URI", 416)
+    return target_for_uri(uri)
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _deadline(obj: Any) -> float | None:
+    if isinstance(obj, TxRecord):
+        return obj.tx.deadline
+    return obj.deadline
+
+
+_REASONS = {
+    400: "Bad Request",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    416: "Unsupported URI Scheme",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+}
+
+
+def _reason_for(status: int, err: SipProtocolError) -> str:
+    # the phrase is fixed text plus our own short reason: never echo raw peer bytes
+    base = _REASONS.get(status, "Bad Request")
+    return f"{base} ({err.reason})"[:120]
+
+
+SendHook = Callable[[Send], None]
+_ = SipMessage

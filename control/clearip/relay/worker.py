@@ -1,0 +1,623 @@
+"""A relay worker process: sockets, the ClearIP link and timers around one ProxyCore.
+
+Several workers share the SIP ports with SO_REUSEPORT (one per core by default). A call belongs
+to one worker: a datagram that lands on another worker's socket is handed over by Call-ID hash
+(responses by the worker id in our Via branch), and each worker sends its requests from a
+private UDP port of its own, so responses come straight back to it.
+
+Started by the supervisor as `python -m clearip.relay.worker --config FILE --index I
+--workers N --ctl-fd FD`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import zlib
+from typing import Any
+
+from clearip.config import Config, ConfigError, load_config
+from clearip.relay.core import ProxyCore
+from clearip.relay.counters import Counters
+from clearip.relay.events import Address, Flow, Send
+from clearip.relay.streams import ConnectionTable, StreamConnection
+from clearip.relay.upstream import UpstreamLink
+from clearip.trust import TrustList, load_state
+
+log = logging.getLogger("clearip.worker")
+
+# Worker i (of N > 1) sends its requests from listener port + PRIVATE_PORT_OFFSET + i.
+PRIVATE_PORT_OFFSET = 10
+IDLE_SWEEP_INTERVAL = 10.0
+
+_CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
+_OUR_BRANCH = re.compile(rb"branch=z9hG4bK\.cip(\d+)\.")
+
+
+def owner_of(data: bytes, workers: int) -> int | None:
+    """Which worker a datagram belongs to, from a cheap scan (None: can't tell, keep it)."""
+    if data.startswith(b"SIP/2.0 "):
+        m = _OUR_BRANCH.search(data, 0, 2048)
+        if m is not None:
+            return int(m.group(1)) % workers
+    m = _CALL_ID.search(data)
+    if m is None:
+        return None
+    return zlib.crc32(m.group(1).strip()) % workers  # stable across processes, unlike hash()
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _wildcard(host: str) -> bool:
+    return host in ("0.0.0.0", "::")
+
+
+def local_addresses() -> set[str]:
+    """Every address configured on this host (for recognising Routes that name us)."""
+    addrs = {"127.0.0.1", "::1"}
+    try:
+        out = subprocess.run(
+            ["ip", "-j", "addr", "show"], capture_output=True, timeout=5, check=True
+        ).stdout
+        for link in json.loads(out):
+            for info in link.get("addr_info", []):
+                addrs.add(info["local"])
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError):
+        pass
+    return addrs
+
+
+class UdpEndpoint(asyncio.DatagramProtocol):
+    def __init__(self, worker: Worker, local: Address, shared: bool):
+        self.worker = worker
+        self.local = local
+        self.shared = shared  # the listener port all workers share (vs. this worker's private one)
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.worker.on_datagram(self, data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP error on %s:%d: %s", *self.local, exc)
+
+
+class Worker:
+    """Implements the core's Environment and moves bytes between sockets and the core."""
+
+    def __init__(self, config: Config, index: int, workers: int, config_path: str | None):
+        self.config = config
+        self.config_path = config_path
+        self.index = index
+        self.workers = workers
+        self.counters = Counters()
+        self.core = ProxyCore(config, self, self.counters, worker=index)
+        self.trust = TrustList()
+        self.udp: dict[Address, UdpEndpoint] = {}  # by local address
+        self.private: dict[int, UdpEndpoint] = {}  # address family -> this worker's own socket
+        self.streams = ConnectionTable(config.limits.max_tcp_per_source)
+        self.servers: list[asyncio.AbstractServer] = []
+        self.link: UpstreamLink | None = None
+        self.listeners: list[dict[str, str]] = []
+        self.local_ips: set[str] = set()
+        self.local_ports: set[int] = set()
+        self._pending_connects: dict[tuple[str, str, int], list[Send]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._handoff: socket.socket | None = None
+        self._route_cache: dict[str, str] = {}
+        self._resolved: dict[str, str] = {}
+        self._tls_server: ssl.SSLContext | None = None
+        self._stop = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.apply_trust()
+
+    # -- Environment -------------------------------------------------------------------------------
+
+    def _local_host_toward(self, dest_host: str, listeners: tuple[Any, ...]) -> str:
+        for lst in listeners:
+            if not _wildcard(lst.host):
+                return lst.host
+        # bound to a wildcard: the source address the kernel would pick toward the peer
+        cached = self._route_cache.get(dest_host)
+        if cached is not None:
+            return cached
+        host = "127.0.0.1"
+        if _is_ip(dest_host):
+            family = socket.AF_INET6 if ":" in dest_host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                try:
+                    s.connect((dest_host, 9))
+                    host = s.getsockname()[0]
+                except OSError:
+                    pass
+        if len(self._route_cache) < 4096:
+            self._route_cache[dest_host] = host
+        return host
+
+    def _listeners_for(self, transport: str) -> tuple[Any, ...]:
+        listen = self.config.listen
+        return {"udp": listen.udp, "tcp": listen.tcp, "tls": listen.tls}.get(transport, ())
+
+    def via_address(self, transport: str, dest_host: str) -> Address:
+        listeners = self._listeners_for(transport) or self.config.listen.udp
+        adv = self.config.listen.advertise
+        port = listeners[0].port if listeners else 5060
+        if adv is not None and adv.port:
+            port = adv.port
+        if transport == "udp" and self.workers > 1:
+            port += PRIVATE_PORT_OFFSET + self.index  # responses come back to this worker
+        host = adv.host if adv is not None else self._local_host_toward(dest_host, listeners)
+        return host, port
+
+    def rr_address(self, transport: str, peer_host: str) -> Address:
+        listeners = self._listeners_for(transport) or self.config.listen.udp
+        port = listeners[0].port if listeners else 5060
+        adv = self.config.listen.advertise
+        if adv is not None:
+            return adv.host, adv.port or port
+        return self._local_host_toward(peer_host, listeners), port
+
+    def is_local(self, host: str, port: int | None) -> bool:
+        return host in self.local_ips and (port is None or port in self.local_ports)
+
+    def is_trusted(self, ip: str) -> bool:
+        return ip in self.trust
+
+    def apply_trust(self) -> None:
+        nets = list(self.config.trust.sources)
+        try:
+            nets += [e.cidr for e in load_state(self.config.control.state_dir)]
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("cannot read the trusted-list state file: %s", e)
+        self.trust.set(nets)
+
+    # -- start / stop ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        cfg = self.config
+        self.local_ips = local_addresses()
+        if cfg.listen.advertise is not None:
+            self.local_ips.add(cfg.listen.advertise.host)
+        for lst in (*cfg.listen.udp, *cfg.listen.tcp, *cfg.listen.tls):
+            self.local_ports.add(lst.port)
+            if not _wildcard(lst.host):
+                self.local_ips.add(lst.host)
+        if cfg.listen.advertise is not None and cfg.listen.advertise.port:
+            self.local_ports.add(cfg.listen.advertise.port)
+        for lst in cfg.listen.udp:
+            await self._open_udp((lst.host, lst.port), shared=True)
+            if self.workers > 1:
+                port = lst.port + PRIVATE_PORT_OFFSET + self.index
+                self.local_ports.update(
+                    lst.port + PRIVATE_PORT_OFFSET + i for i in range(self.workers)
+                )
+                ep = await self._open_udp((lst.host, port), shared=False)
+                family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
+                self.private.setdefault(family, ep)
+        for lst in cfg.listen.tcp:
+            await self._open_stream_server("tcp", (lst.host, lst.port), None)
+        if cfg.listen.tls:
+            self._tls_server = server_tls_context(cfg)
+            for lst in cfg.listen.tls:
+                await self._open_stream_server("tls", (lst.host, lst.port), self._tls_server)
+        if self.workers > 1:
+            self._open_handoff()
+        source = next((t.host for t in cfg.listen.tcp if not _wildcard(t.host)), None)
+        self.link = UpstreamLink(
+            cfg.clearip,
+            cfg.limits.max_message_bytes,
+            self._on_link_message,
+            self._on_link_up,
+            self._on_link_down,
+            source_ip=source,
+        )
+        self.link.start()
+        self.loop.create_task(self._sweep_idle())
+
+    async def _open_udp(self, local: Address, *, shared: bool) -> UdpEndpoint:
+        assert self.loop is not None
+        family = socket.AF_INET6 if ":" in local[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+            except OSError:
+                pass
+        sock.bind(local)
+        _, proto = await self.loop.create_datagram_endpoint(
+            lambda: UdpEndpoint(self, local, shared), sock=sock
+        )
+        self.udp[local] = proto
+        if shared:
+            self.listeners.append({"transport": "udp", "address": _fmt(local)})
+        return proto
+
+    async def _open_stream_server(
+        self, name: str, local: Address, tls: ssl.SSLContext | None
+    ) -> None:
+        assert self.loop is not None
+        family = socket.AF_INET6 if ":" in local[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(local)
+        sock.listen(1024)
+        sock.setblocking(False)
+        server = await self.loop.create_server(
+            lambda: self._new_stream(name),
+            sock=sock,
+            ssl=tls,
+            ssl_handshake_timeout=10.0 if tls else None,
+        )
+        self.servers.append(server)
+        self.listeners.append({"transport": name, "address": _fmt(local)})
+
+    def _new_stream(self, name: str) -> StreamConnection:
+        conn = StreamConnection(
+            name,
+            self._on_stream_message,
+            self._on_stream_closed,
+            self.config.limits.max_message_bytes,
+        )
+        original = conn.connection_made
+
+        def made(transport: asyncio.BaseTransport) -> None:
+            original(transport)
+            if not self.streams.admit(conn):
+                log.warning(
+                    "refusing %s connection from %s: max_tcp_per_source reached",
+                    name,
+                    conn.remote[0],
+                )
+                conn.close()
+
+        conn.connection_made = made  # type: ignore[method-assign]
+        return conn
+
+    async def stop(self, grace: float) -> None:
+        """Graceful stop: no new calls; calls being set up get their answers, then exit."""
+        core = self.core
+        core.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while core.calls and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for server in self.servers:
+            server.close()
+        if self.link is not None:
+            await self.link.stop()
+        for conn in list(self.streams.by_id.values()):
+            conn.close()
+        for ep in self.udp.values():
+            if ep.transport is not None:
+                ep.transport.close()
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def _sweep_idle(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_SWEEP_INTERVAL)
+            assert self.loop is not None
+            self.streams.close_idle(self.loop.time(), self.config.limits.tcp_idle_timeout)
+
+    # -- hand-off between workers ------------------------------------------------------------------
+
+    def _handoff_name(self, index: int) -> bytes:
+        return f"\0clearip-{os.getppid()}-{index}".encode()
+
+    def _open_handoff(self) -> None:
+        assert self.loop is not None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(self._handoff_name(self.index))
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        except OSError:
+            pass
+        self._handoff = sock
+        self.loop.add_reader(sock.fileno(), self._on_handoff)
+
+    def _send_handoff(self, owner: int, data: bytes, remote: Address, local: Address) -> None:
+        assert self._handoff is not None
+        head = f"{remote[0]}\0{remote[1]}\0{local[0]}\0{local[1]}\0".encode()
+        try:
+            self._handoff.sendto(head + data, self._handoff_name(owner))
+        except OSError:
+            # the owner is restarting or overloaded: handle it here rather than lose it
+            self._receive(data, Flow("udp", remote, local))
+
+    def _on_handoff(self) -> None:
+        assert self._handoff is not None
+        for _ in range(64):
+            try:
+                packet = self._handoff.recv(70000)
+            except BlockingIOError:
+                return
+            rip, rport, lip, lport, data = packet.split(b"\0", 4)
+            self._receive(data, Flow("udp", (rip.decode(), int(rport)), (lip.decode(), int(lport))))
+
+    # -- receiving ---------------------------------------------------------------------------------
+
+    def on_datagram(self, ep: UdpEndpoint, data: bytes, remote: Address) -> None:
+        if ep.shared and self.workers > 1:
+            owner = owner_of(data, self.workers)
+            if owner is not None and owner != self.index:
+                self._send_handoff(owner, data, remote, ep.local)
+                return
+        if data in (b"\r\n\r\n", b"\r\n"):
+            return  # a keepalive over UDP: nothing to do
+        self._receive(data, Flow("udp", remote, ep.local))
+
+    def _on_stream_message(self, conn: StreamConnection, data: bytes) -> None:
+        self._receive(data, Flow(conn.name, conn.remote, conn.local, conn.id))
+
+    def _on_stream_closed(self, conn: StreamConnection) -> None:
+        self.streams.remove(conn)
+
+    def _on_link_message(self, conn: StreamConnection, data: bytes) -> None:
+        self._receive(data, Flow(conn.name, conn.remote, conn.local, conn.id, upstream=True))
+
+    def _on_link_up(self, conn: StreamConnection) -> None:
+        assert self.loop is not None
+        self.core.link_up(conn.id, self.loop.time())
+        self._flush()
+
+    def _on_link_down(self, conn: StreamConnection) -> None:
+        assert self.loop is not None
+        self.core.link_down(conn.id, self.loop.time())
+        self._flush()
+
+    def _receive(self, data: bytes, flow: Flow) -> None:
+        assert self.loop is not None
+        self.core.receive(data, flow, self.loop.time())
+        self._flush()
+
+    def _on_timer(self) -> None:
+        assert self.loop is not None
+        self._timer = None
+        self._timer_at = None
+        self.core.on_timer(self.loop.time())
+        self._flush()
+
+    # -- sending -----------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        core = self.core
+        for item in core.data_to_send():
+            self._send(item)
+        when = core.next_deadline()
+        if when is not None and (self._timer_at is None or when < self._timer_at):
+            assert self.loop is not None
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = when
+            self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _send(self, item: Send) -> None:
+        target = item.target
+        if target.upstream:
+            conn = self.link.get(target.conn) if self.link and target.conn is not None else None
+            if conn is None or not conn.write(item.data):
+                self._failed(item)
+            return
+        if target.transport == "udp":
+            self._send_udp(item)
+        else:
+            self._send_stream(item)
+
+    def _send_udp(self, item: Send) -> None:
+        target = item.target
+        host = target.host
+        if not _is_ip(host):
+            resolved = self._resolved.get(host)
+            if resolved is None:
+                assert self.loop is not None
+                self.loop.create_task(self._resolve_and_send(item))
+                return
+            host = resolved
+        ep = self.udp.get(target.local) if target.local is not None else None
+        if ep is None:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            ep = self.private.get(family) or next(
+                (e for a, e in self.udp.items() if (":" in a[0]) == (family == socket.AF_INET6)),
+                None,
+            )
+        if ep is None or ep.transport is None:
+            self._failed(item)
+            return
+        ep.transport.sendto(item.data, (host, target.port))
+
+    async def _resolve_and_send(self, item: Send) -> None:
+        assert self.loop is not None
+        try:
+            infos = await self.loop.getaddrinfo(
+                item.target.host, item.target.port, type=socket.SOCK_DGRAM
+            )
+            self._resolved[item.target.host] = infos[0][4][0]
+        except OSError:
+            self._failed(item)
+            self._flush()
+            return
+        self._send(item)
+
+    def _send_stream(self, item: Send) -> None:
+        target = item.target
+        conn = None
+        if target.conn is not None:
+            conn = self.streams.by_id.get(target.conn)
+        if conn is None or conn.closed:
+            conn = self.streams.find(target.transport, target.host, target.port)
+        if conn is not None and conn.write(item.data):
+            return
+        key = (target.transport, target.host, target.port)
+        pending = self._pending_connects.get(key)
+        if pending is not None:
+            pending.append(item)
+            return
+        self._pending_connects[key] = [item]
+        assert self.loop is not None
+        self.loop.create_task(self._connect(key))
+
+    async def _connect(self, key: tuple[str, str, int]) -> None:
+        assert self.loop is not None
+        transport, host, port = key
+        tls = None
+        if transport == "tls":
+            tls = ssl.create_default_context()
+            tls.check_hostname = False  # next hops are addressed by IP; verified by trust list
+            tls.verify_mode = ssl.CERT_NONE
+        try:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: StreamConnection(
+                        transport,
+                        self._on_stream_message,
+                        self._on_stream_closed,
+                        self.config.limits.max_message_bytes,
+                    ),
+                    host,
+                    port,
+                    ssl=tls,
+                ),
+                5.0,
+            )
+        except (TimeoutError, OSError, ssl.SSLError) as e:
+            log.info("cannot connect to %s:%s over %s: %s", host, port, transport, e)
+            for item in self._pending_connects.pop(key, []):
+                self._failed(item)
+            self._flush()
+            return
+        self.streams.add(conn)
+        for item in self._pending_connects.pop(key, []):
+            if not conn.write(item.data):
+                self._failed(item)
+        self._flush()
+
+    def _failed(self, item: Send) -> None:
+        if item.token is not None:
+            assert self.loop is not None
+            self.core.send_failed(item.token, self.loop.time())
+
+    # -- supervisor requests -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        snap = self.counters.snapshot()
+        snap["listeners"] = self.listeners
+        snap["upstream"] = self.link.status() if self.link else {"state": "down"}
+        snap["transactions"] = {
+            "server": len(self.core.server_txs),
+            "client": len(self.core.client_txs),
+            "calls": len(self.core.calls),
+            "dialogs": len(self.core.dialogs),
+        }
+        return snap
+
+    async def reload(self, config: Config) -> None:
+        """New routing, trust, timeouts and limits apply to new calls; sockets stay as they are."""
+        self.config = config
+        self.core.config = config
+        self.apply_trust()
+
+    def set_trusted(self, cidrs: list[str]) -> None:
+        self.trust.set(ipaddress.ip_network(c) for c in cidrs)
+
+    async def shutdown(self, grace: float) -> None:
+        await self.stop(grace)
+
+
+def server_tls_context(cfg: Config) -> ssl.SSLContext:
+    from clearip.tlscert import ensure_self_signed
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cfg.listen.tls_cert:
+        ctx.load_cert_chain(cfg.listen.tls_cert, cfg.listen.tls_key)
+    else:
+        ctx.load_cert_chain(ensure_self_signed(cfg.control.state_dir))
+    return ctx
+
+
+def _fmt(addr: Address) -> str:
+    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+
+
+async def _amain(args: argparse.Namespace) -> int:
+    from clearip.workerlink import WorkerLink
+
+    try:
+        config = load_config(args.config or None)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    worker = Worker(config, args.index, args.workers, args.config or None)
+    try:
+        await worker.start()
+    except OSError as e:
+        log.error("worker %d cannot open its sockets: %s", args.index, e)
+        return 1
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: loop.create_task(worker.stop(0.0)))
+    link = None
+    if args.ctl_fd is not None:
+        link = WorkerLink(args.ctl_fd, worker)
+        await link.start()
+        link.send_event({"event": "ready", "index": args.index})
+    await worker.wait_stopped()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="ClearIP relay worker (started by clearipctl run)")
+    parser.add_argument("--config", default="")
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--ctl-fd", type=int, default=None)
+    args = parser.parse_args(argv)
+    from clearip.logsetup import setup_logging
+
+    try:
+        level = load_config(args.config or None).control.log_level
+    except ConfigError:
+        level = "info"
+    setup_logging(level)
+    try:
+        import uvloop
+
+        return uvloop.run(_amain(args))
+    except ImportError:
+        return asyncio.run(_amain(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

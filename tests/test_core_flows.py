@@ -1,0 +1,244 @@
+"""The call flows of SPEC §3 through the sans-IO proxy core: exact messages in and out."""
+
+from __future__ import annotations
+
+from clearip.sip.message import Request, Response
+from tests.core_rig import (
+    CLEARIP,
+    IDENTITY,
+    PROV_A,
+    PROV_B,
+    SWITCH,
+    UNTRUSTED,
+    Rig,
+    invite,
+    msgs,
+    only,
+    redirect,
+    response_to,
+)
+
+CONTACTS = (
+    "<sip:+12025550123@10.0.0.13:5060;user=phone>;q=0.5, "
+    "<sip:+12025550123@10.0.0.14:5060;user=phone>;q=1.0"
+)
+
+
+def start_call(rig: Rig, **kw) -> Request:
+    """Switch INVITE -> 100 Trying + INVITE to ClearIP; returns what ClearIP received."""
+    out = rig.feed(invite(**kw), SWITCH)
+    trying = only(out, to=SWITCH)
+    assert isinstance(trying, Response) and trying.status == 100
+    to_ci = only(out, upstream=True)
+    assert isinstance(to_ci, Request) and to_ci.method == "INVITE"
+    return to_ci
+
+
+def test_outbound_302_identity_to_highest_q_contact() -> None:
+    rig = Rig()
+    to_ci = start_call(rig)
+    assert to_ci.max_forwards == 69
+    assert to_ci.top_via.host == "10.0.0.1" and to_ci.top_via.transport == "TLS"
+    assert len(to_ci.vias) == 2
+    out = rig.from_clearip(redirect(to_ci, CONTACTS))
+    ack = only(out, upstream=True)
+    assert isinstance(ack, Request) and ack.method == "ACK"
+    prov = only(out, to=PROV_B)  # q=1.0 first, whatever the order given
+    assert isinstance(prov, Request)
+    assert prov.uri == b"sip:+12025550123@10.0.0.14:5060;user=phone"
+    assert prov.get_all("identity") == [IDENTITY.encode()]
+    assert prov.max_forwards == 69
+    assert prov.get("p-asserted-identity") == b"<sip:+13035550199@10.0.0.11;user=phone>"
+    assert [r.uri for r in prov.record_routes] == ["sip:10.0.0.1:5060;lr"]
+    assert not msgs(out, to=SWITCH)  # the 302 is never relayed
+    assert rig.counters.values["clearip_302"] == 1
+
+
+def test_failover_on_503_then_200_relayed() -> None:
+    rig = Rig()
+    to_ci = start_call(rig)
+    out = rig.from_clearip(redirect(to_ci, CONTACTS))
+    to_b = only(out, to=PROV_B)
+    out = rig.feed(response_to(to_b, 503, "Service Unavailable"), PROV_B)
+    ack_b = only(out, to=PROV_B)
+    assert ack_b.method == "ACK"
+    to_a = only(out, to=PROV_A)
+    assert to_a.method == "INVITE" and to_a.get("identity") == IDENTITY.encode()
+    assert to_a.max_forwards == 69
+    assert to_a.top_via.branch != to_b.top_via.branch
+    out = rig.feed(response_to(to_a, 180, "Ringing"), PROV_A)
+    ringing = only(out, to=SWITCH)
+    assert ringing.status == 180 and len(ringing.vias) == 1
+    out = rig.feed(response_to(to_a, 200, "OK", mirror_rr=True), PROV_A)
+    ok = only(out, to=SWITCH)
+    assert ok.status == 200
+    assert ok.top_via.branch == "z9hG4bK-sw-1"
+    assert rig.counters.values["failovers"] == 1
+    assert rig.counters.values["calls_active"] == 1
+
+
+def test_486_relayed_without_failover() -> None:
+    rig = Rig()
+    to_ci = start_call(rig)
+    to_b = only(rig.from_clearip(redirect(to_ci, CONTACTS)), to=PROV_B)
+    out = rig.feed(response_to(to_b, 486, "Busy Here", extra="Reason: Q.850;cause=17"), PROV_B)
+    busy = only(out, to=SWITCH)
+    assert busy.status == 486 and busy.reason == b"Busy Here"
+    assert busy.get("reason") == b"Q.850;cause=17"
+    assert not msgs(out, to=PROV_A)
+    assert rig.counters.values["calls_active"] == 0
+
+
+def test_clearip_603_relayed_intact() -> None:
+    rig = Rig()
+    to_ci = start_call(rig)
+    reason = 'Q.850;cause=21;text="Call Rejected"'
+    out = rig.from_clearip(response_to(to_ci, 603, "Decline", extra=f"Reason: {reason}"))
+    decline = only(out, to=SWITCH)
+    assert decline.status == 603 and decline.reason == b"Decline"
+    assert decline.get("reason") == reason.encode()
+    assert len(decline.vias) == 1
+    assert rig.counters.values["clearip_603"] == 1
+
+
+def test_clearip_silent_gives_on_failure_after_timeout() -> None:
+    rig = Rig()
+    start_call(rig)
+    assert not msgs(rig.advance(1.9), to=SWITCH)
+    final = only(rig.advance(0.2), to=SWITCH)
+    assert final.status == 503 and final.reason == b"ClearIP unavailable"
+    assert rig.counters.values["clearip_timeout"] == 1
+
+
+def test_link_down_answers_at_once() -> None:
+    rig = Rig()
+    rig.core.link_down(1, rig.now)
+    out = rig.feed(invite(), SWITCH)
+    codes = [m.status for m in msgs(out, to=SWITCH)]
+    assert codes == [100, 503]
+    assert rig.counters.values["clearip_unavailable"] == 1
+
+
+def test_reset_while_waiting_resends_once_on_fresh_connection() -> None:
+    rig = Rig()
+    first = start_call(rig)
+    rig.core.link_down(1, rig.now)
+    assert not rig.drain()
+    rig.core.link_up(2, rig.now)
+    again = only(rig.drain(), upstream=True)
+    assert again.method == "INVITE" and again.top_via.branch != first.top_via.branch
+    rig.core.link_down(2, rig.now)
+    final = only(rig.drain(), to=SWITCH)
+    assert final.status == 503
+
+
+def test_emergency_never_reaches_clearip() -> None:
+    rig = Rig()
+    for n, number in enumerate(["911", "+1911", "1-911", "933"]):
+        out = rig.feed(invite(number=number, call_id=f"e{n}", branch=f"z9hG4bK-e{n}"), SWITCH)
+        assert not msgs(out, upstream=True)
+        assert [m.status for m in msgs(out, to=SWITCH)] == [100, 503]
+    out = rig.feed(invite(uri="urn:service:sos", call_id="sos", branch="z9hG4bK-sos"), SWITCH)
+    assert not msgs(out, upstream=True)
+    assert rig.counters.values["emergency_bypass"] == 5
+
+
+def test_options_200_and_other_methods_405() -> None:
+    rig = Rig()
+    options = invite().replace(b"INVITE sip", b"OPTIONS sip", 1).replace(b"1 INVITE", b"1 OPTIONS")
+    assert only(rig.feed(options, SWITCH), to=SWITCH).status == 200
+    sub = (
+        invite(branch="z9hG4bK-2")
+        .replace(b"INVITE sip", b"SUBSCRIBE sip", 1)
+        .replace(b"1 INVITE", b"1 SUBSCRIBE")
+    )
+    resp = only(rig.feed(sub, SWITCH), to=SWITCH)
+    assert resp.status == 405 and resp.get("allow")
+
+
+def test_max_forwards_zero_gets_483() -> None:
+    rig = Rig()
+    out = rig.feed(invite(max_forwards=0), SWITCH)
+    assert only(out, to=SWITCH).status == 483
+    assert not msgs(out, upstream=True)
+
+
+def test_untrusted_dropped_and_counted() -> None:
+    rig = Rig()
+    assert rig.feed(invite(src=UNTRUSTED), UNTRUSTED) == []
+    assert rig.counters.values["dropped_untrusted"] == 1
+
+
+def test_retransmitted_invite_absorbed() -> None:
+    rig = Rig()
+    start_call(rig)
+    out = rig.feed(invite(), SWITCH)
+    assert [m.status for m in msgs(out, to=SWITCH)] == [100]
+    assert not msgs(out, upstream=True)
+
+
+def test_cancel_at_clearip_stage() -> None:
+    rig = Rig()
+    start_call(rig)
+    cancel = (
+        b"CANCEL sip:+12025550123@10.0.0.1:5060;user=phone SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 10.0.0.11:5060;branch=z9hG4bK-sw-1;rport\r\n"
+        b"From: <sip:+13035550199@10.0.0.11;user=phone>;tag=sw-tag\r\n"
+        b"To: <sip:+12025550123@10.0.0.1;user=phone>\r\n"
+        b"Call-ID: call-1@10.0.0.11\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    out = rig.feed(cancel, SWITCH)
+    codes = sorted((m.status, m.cseq.method) for m in msgs(out, to=SWITCH))
+    assert codes == [(200, "CANCEL"), (487, "INVITE")]
+
+
+def test_all_contacts_fail_last_final_relayed() -> None:
+    rig = Rig()
+    to_ci = start_call(rig)
+    to_b = only(rig.from_clearip(redirect(to_ci, CONTACTS)), to=PROV_B)
+    to_a = only(rig.feed(response_to(to_b, 500, "Server Error"), PROV_B), to=PROV_A)
+    out = rig.feed(response_to(to_a, 480, "Temporarily Unavailable"), PROV_A)
+    final = only(out, to=SWITCH)
+    assert final.status == 480 and final.reason == b"Temporarily Unavailable"
+
+
+def test_no_answer_moves_on_and_late_200_is_hung_up() -> None:
+    rig = Rig()
+    to_ci = start_call(rig)
+    to_b = only(rig.from_clearip(redirect(to_ci, CONTACTS)), to=PROV_B)
+    out = rig.advance(5.01)
+    to_a = only(out, to=PROV_A)
+    assert to_a.method == "INVITE"
+    late = rig.feed(
+        response_to(to_b, 200, "OK", mirror_rr=True, extra="Contact: <sip:b@10.0.0.14:5060>"),
+        PROV_B,
+    )
+    assert not msgs(late, to=SWITCH)
+    methods = sorted(m.method for m in msgs(late, to=PROV_B))
+    assert methods == ["ACK", "BYE"]
+
+
+def test_in_dialog_bye_loose_routed() -> None:
+    rig = Rig()
+    to_ci = start_call(rig)
+    to_b = only(rig.from_clearip(redirect(to_ci, CONTACTS)), to=PROV_B)
+    ok = response_to(to_b, 200, "OK", mirror_rr=True, extra="Contact: <sip:b@10.0.0.14:5060>")
+    only(rig.feed(ok, PROV_B), to=SWITCH)
+    bye = (
+        b"BYE sip:b@10.0.0.14:5060 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 10.0.0.11:5060;branch=z9hG4bK-sw-bye;rport\r\n"
+        b"Route: <sip:10.0.0.1:5060;lr>\r\n"
+        b"From: <sip:+13035550199@10.0.0.11;user=phone>;tag=sw-tag\r\n"
+        b"To: <sip:+12025550123@10.0.0.1;user=phone>;tag=uas-tag\r\n"
+        b"Call-ID: call-1@10.0.0.11\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    fwd = only(rig.feed(bye, SWITCH), to=PROV_B)
+    assert fwd.method == "BYE" and not fwd.has("route") and len(fwd.vias) == 2
+    out = rig.feed(response_to(fwd, 200, "OK", to_tag=None), PROV_B)
+    assert only(out, to=SWITCH).status == 200
+    assert rig.counters.values["calls_active"] == 0
+
+
+_ = CLEARIP
