@@ -1,0 +1,586 @@
+"""SIP requests and responses over their raw bytes.
+
+A message is parsed into its start line, a list of raw header lines (folds kept as written) and
+the body. Nothing is re-serialised: `to_bytes()` joins the raw lines back, so every byte the
+relay did not edit leaves exactly as it came in. Typed values (Via, CSeq, From ...) are parsed
+on first use and cached until the next edit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from clearip.sip import limits
+from clearip.sip.errors import SipProtocolError
+from clearip.sip.headers import (
+    LIST_HEADERS,
+    CSeq,
+    NameAddr,
+    StarContact,
+    Via,
+    _show,
+    ascii_uint,
+    first_element_end,
+    header_key,
+    is_token,
+    parse_contact_list,
+    parse_cseq,
+    parse_name_addr,
+    parse_via,
+    split_list,
+    unfold,
+)
+
+CRLF = b"\r\n"
+SIP_VERSION = b"SIP/2.0"
+
+_SINGLE_HEADERS = ("call-id", "cseq", "from", "to")
+# Headers that may appear at most once: two Max-Forwards would let a loop outlive the first.
+_COUNTED_HEADERS = (*_SINGLE_HEADERS, "max-forwards")
+# Call-ID (RFC 3261 §25.1 callid = word ["@" word]): visible ASCII; SP, controls and DEL refused.
+_NOT_CALLID = bytes(range(0x21)) + b"\x7f"
+
+
+class SipMessage:
+    """Common part of requests and responses: header lines and body, with edits in place."""
+
+    __slots__ = ("_cache", "_keys", "_lines", "body", "first_line")
+
+    def __init__(self, first_line: bytes, lines: list[bytes], keys: list[str], body: bytes):
+        self.first_line = first_line
+        self._lines = lines  # raw header lines, without their CRLF; folds kept
+        self._keys = keys  # canonical key of each line (compact forms expanded, lower case)
+        self.body = body
+        self._cache: dict[str, Any] = {}
+
+    # -- reading -------------------------------------------------------------------------------
+
+    is_request = False
+
+    @property
+    def header_count(self) -> int:
+        return len(self._lines)
+
+    def header_lines(self) -> list[tuple[str, bytes]]:
+        """(key, raw line) pairs in wire order."""
+        return list(zip(self._keys, self._lines, strict=True))
+
+    def _value_at(self, i: int) -> bytes:
+        line = self._lines[i]
+        return unfold(line[line.index(b":") + 1 :])
+
+    def has(self, name: str) -> bool:
+        return header_key(name) in self._keys
+
+    def get(self, name: str) -> bytes | None:
+        """Value of the first header line named `name` (any case, compact form allowed)."""
+        key = header_key(name)
+        keys = self._keys
+        for i in range(len(keys)):
+            if keys[i] == key:
+                return self._value_at(i)
+        return None
+
+    def get_all(self, name: str) -> list[bytes]:
+        """Values of every line named `name`, list headers split into their elements."""
+        key = header_key(name)
+        out: list[bytes] = []
+        for i, k in enumerate(self._keys):
+            if k == key:
+                value = self._value_at(i)
+                if key in LIST_HEADERS:
+                    out.extend(split_list(value))
+                else:
+                    out.append(value)
+        return out
+
+    def _cached(self, key: str, make: Any) -> Any:
+        try:
+            return self._cache[key]
+        except KeyError:
+            value = self._cache[key] = make()
+            return value
+
+    def _single(self, key: str) -> bytes:
+        value = self.get(key)
+        if value is None:
+            raise SipProtocolError(f"missing {key.title()} header")
+        return value
+
+    @property
+    def vias(self) -> list[Via]:
+        return self._cached("via", lambda: [parse_via(v) for v in self.get_all("via")])
+
+    @property
+    def top_via(self) -> Via:
+        vias = self.vias
+        if not vias:
+            raise SipProtocolError("missing Via header")
+        return vias[0]
+
+    @property
+    def cseq(self) -> CSeq:
+        return self._cached("cseq", lambda: parse_cseq(self._single("cseq")))
+
+    @property
+    def call_id(self) -> str:
+        def make() -> str:
+            value = self._single("call-id")
+            # `<`, `>`, `"` are word characters (RFC 4475 §3.1.1.2), so only these are refused
+            if not value or not value.isascii() or value.translate(None, _NOT_CALLID) != value:
+                raise SipProtocolError("malformed Call-ID")
+            return value.decode("utf-8", "surrogateescape")
+
+        return self._cached("call-id", make)
+
+    @property
+    def from_(self) -> NameAddr:
+        return self._cached("from", lambda: parse_name_addr(self._single("from"), "From"))
+
+    @property
+    def to(self) -> NameAddr:
+        return self._cached("to", lambda: parse_name_addr(self._single("to"), "To"))
+
+    @property
+    def contacts(self) -> list[NameAddr] | StarContact:
+        return self._cached("contact", lambda: parse_contact_list(self.get_all("contact")))
+
+    @property
+    def routes(self) -> list[NameAddr]:
+        return self._cached(
+            "route", lambda: [parse_name_addr(v, "Route") for v in self.get_all("route")]
+        )
+
+    @property
+    def record_routes(self) -> list[NameAddr]:
+        return self._cached(
+            "record-route",
+            lambda: [parse_name_addr(v, "Record-Route") for v in self.get_all("record-route")],
+        )
+
+    @property
+    def max_forwards(self) -> int | None:
+        def make() -> int | None:
+            value = self.get("max-forwards")
+            if value is None:
+                return None
+            # RFC 3261 §20.22: "an integer in the range 0-255" (RFC 4475 §3.1.2.4)
+            hops = ascii_uint(value, 255)
+            if hops is None:
+                raise SipProtocolError("malformed Max-Forwards")
+            return hops
+
+        return self._cached("max-forwards", make)
+
+    @property
+    def content_length(self) -> int | None:
+        """The declared Content-Length (None if absent); `len(body)` is the truth after edits."""
+        return _content_length(self)
+
+    def check(self) -> None:
+        """Parse the headers every SIP element needs (RFC 3261 §8.1.1), raising on bad ones.
+
+        For a request, the CSeq method must also be the request's method (RFC 3261 §8.1.1.5;
+        RFC 4475 §3.1.2.17-18): ACK and CANCEL carry their own method there too.
+        """
+        counts = dict.fromkeys(_COUNTED_HEADERS, 0)
+        for k in self._keys:
+            if k in counts:
+                counts[k] += 1
+        for key, n in counts.items():
+            if n != 1 and (n or key in _SINGLE_HEADERS):
+                what = "missing" if n == 0 else "duplicate"
+                raise SipProtocolError(f"{what} {key.title()} header")
+        self.top_via  # noqa: B018 - parses every Via
+        self.call_id  # noqa: B018
+        self.cseq  # noqa: B018
+        self.from_  # noqa: B018
+        self.to  # noqa: B018
+        self.max_forwards  # noqa: B018
+
+    # -- editing ------------------------------------------------------------------------------
+
+    def _edited(self) -> None:
+        self._cache.clear()
+
+    def insert_header(self, index: int, name: str, value: bytes | str) -> None:
+        """Insert `name: value` as the header line at position `index`."""
+        raw = _line(name, value)
+        self._lines.insert(index, raw)
+        self._keys.insert(index, header_key(name))
+        self._edited()
+
+    def prepend_header(self, name: str, value: bytes | str) -> None:
+        """Insert above the first line of the same header: a new Via, Record-Route, Identity.
+
+        With no such line yet it goes below the Via block (or at the top when there is none).
+        """
+        key = header_key(name)
+        keys = self._keys
+        if key in keys:
+            index = keys.index(key)
+        elif "via" in keys and key != "via":
+            index = len(keys) - keys[::-1].index("via")
+        else:
+            index = 0
+        self.insert_header(index, name, value)
+
+    def append_header(self, name: str, value: bytes | str) -> None:
+        """Add after the last line of the same header, or at the end of the header section."""
+        key = header_key(name)
+        index = len(self._keys)
+        for i in range(len(self._keys) - 1, -1, -1):
+            if self._keys[i] == key:
+                index = i + 1
+                break
+        self.insert_header(index, name, value)
+
+    def remove_header(self, name: str) -> int:
+        """Remove every line of header `name`; returns how many were removed."""
+        key = header_key(name)
+        keep = [i for i, k in enumerate(self._keys) if k != key]
+        removed = len(self._keys) - len(keep)
+        if removed:
+            self._lines = [self._lines[i] for i in keep]
+            self._keys = [self._keys[i] for i in keep]
+            self._edited()
+        return removed
+
+    def replace_header(self, name: str, value: bytes | str) -> None:
+        """Set header `name` to one line with `value`, in place of its first line (else append)."""
+        key = header_key(name)
+        try:
+            index = self._keys.index(key)
+        except ValueError:
+            self.append_header(name, value)
+            return
+        self.remove_header(name)
+        self.insert_header(index, name, value)
+
+    def pop_first_value(self, name: str) -> bytes | None:
+        """Remove and return the first element of a list header (the top Via, the first Route).
+
+        A line carrying several comma-separated values keeps the others.
+        """
+        key = header_key(name)
+        try:
+            index = self._keys.index(key)
+        except ValueError:
+            return None
+        line = self._lines[index]
+        colon = line.index(b":")
+        values = split_list(unfold(line[colon + 1 :]))
+        if len(values) <= 1:
+            del self._lines[index]
+            del self._keys[index]
+        else:
+            # keep the other values exactly as written, folds included
+            cut = colon + 1 + first_element_end(line[colon + 1 :])
+            self._lines[index] = line[: colon + 1] + b" " + line[cut + 1 :].lstrip(b" \t\r\n,")
+        self._edited()
+        return values[0] if values else b""
+
+    def set_body(self, body: bytes, content_type: str | None = None) -> None:
+        self.body = body
+        if content_type is not None:
+            self.replace_header("Content-Type", content_type)
+        elif not body:
+            self.remove_header("content-type")
+        self._edited()
+
+    def copy(self) -> SipMessage:
+        clone = object.__new__(type(self))
+        clone.first_line = self.first_line
+        clone._lines = list(self._lines)
+        clone._keys = list(self._keys)
+        clone.body = self.body
+        clone._cache = {}
+        self._copy_extra(clone)
+        return clone
+
+    def _copy_extra(self, clone: Any) -> None:
+        pass
+
+    def to_bytes(self) -> bytes:
+        """The message on the wire, with a Content-Length that matches the body.
+
+        A correct Content-Length line is left exactly as it came; a wrong one is rewritten in
+        place and a missing one is added (mandatory on stream transports, RFC 3261 §18.3).
+        """
+        lines = self._lines
+        keys = self._keys
+        n = len(self.body)
+        try:
+            declared = _content_length(self)
+        except SipProtocolError:
+            declared = -1  # an edit left a bad or conflicting value: rewrite it below
+        if declared != n:
+            lines = list(lines)
+            cl_line = b"Content-Length: %d" % n
+            if declared is None:
+                lines.append(cl_line)
+            else:
+                first = keys.index("content-length")
+                lines = [
+                    line
+                    for i, line in enumerate(lines)
+                    if keys[i] != "content-length" or i == first
+                ]
+                lines[first] = lines[first][: lines[first].index(b":")] + b": %d" % n
+        return b"".join(
+            (self.first_line, CRLF, CRLF.join(lines), CRLF, CRLF, self.body)
+            if lines
+            else (self.first_line, CRLF, CRLF, self.body)
+        )
+
+    __bytes__ = to_bytes
+
+
+class Request(SipMessage):
+    __slots__ = ("method", "uri")
+
+    is_request = True
+
+    def __init__(
+        self, method: str, uri: bytes, first_line: bytes, lines: list[bytes], keys: list[str],
+        body: bytes,
+    ):
+        super().__init__(first_line, lines, keys, body)
+        self.method = method
+        self.uri = uri  # Request-URI text as on the wire
+
+    def _copy_extra(self, clone: Any) -> None:
+        clone.method = self.method
+        clone.uri = self.uri
+
+    def set_uri(self, uri: bytes | str) -> None:
+        """Set the Request-URI (the method and version bytes stay as they came)."""
+        raw = uri.encode("utf-8") if isinstance(uri, str) else uri
+        if not raw or any(c in raw for c in b" \t\r\n"):
+            raise ValueError(f"invalid Request-URI {raw!r}")
+        self.uri = raw
+        first_sp = self.first_line.index(b" ")
+        last_sp = self.first_line.rindex(b" ")
+        self.first_line = self.first_line[: first_sp + 1] + raw + self.first_line[last_sp:]
+
+    def check(self) -> None:
+        super().check()
+        if self.cseq.method != self.method:
+            raise SipProtocolError("CSeq method does not match the request method")
+
+    def decrement_max_forwards(self) -> int:
+        """RFC 3261 §16.6 step 3: decrement, or add 70 when absent; returns the new value."""
+        current = self.max_forwards
+        if current is None:
+            self.append_header("Max-Forwards", b"%d" % limits.DEFAULT_MAX_FORWARDS)
+            return limits.DEFAULT_MAX_FORWARDS
+        new = max(current - 1, 0)
+        index = self._keys.index("max-forwards")
+        line = self._lines[index]
+        self._lines[index] = line[: line.index(b":")] + b": %d" % new
+        self._edited()
+        return new
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri.decode('utf-8', 'replace')}>"
+
+
+class Response(SipMessage):
+    __slots__ = ("reason", "status")
+
+    def __init__(
+        self, status: int, reason: bytes, first_line: bytes, lines: list[bytes], keys: list[str],
+        body: bytes,
+    ):
+        super().__init__(first_line, lines, keys, body)
+        self.status = status
+        self.reason = reason  # reason phrase bytes as received (relayed unchanged)
+
+    def _copy_extra(self, clone: Any) -> None:
+        clone.status = self.status
+        clone.reason = self.reason
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason.decode('utf-8', 'replace')}>"
+
+
+def _line(name: str, value: bytes | str) -> bytes:
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    if b"\r" in raw or b"\n" in raw:
+        raise ValueError("header value must not contain CR or LF")
+    return name.encode("ascii") + b": " + raw
+
+
+def _content_length(msg: SipMessage) -> int | None:
+    """The declared body length; lines repeating the same value agree (as in the stream framer),
+    different values are refused (RFC 4475 §3.3.9)."""
+    keys = msg._keys
+    if "content-length" not in keys:
+        return None
+    declared: int | None = None
+    for i, key in enumerate(keys):
+        if key == "content-length":
+            value = ascii_uint(msg._value_at(i), 0xFFFFFFFF)
+            if value is None:
+                raise SipProtocolError("malformed Content-Length")
+            if declared is not None and value != declared:
+                raise SipProtocolError("conflicting Content-Length values")
+            declared = value
+    return declared
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+
+def parse_message(
+    data: bytes,
+    *,
+    max_bytes: int = limits.MAX_MESSAGE_BYTES,
+    max_headers: int = limits.MAX_HEADERS,
+    framed: bool = False,
+) -> Request | Response:
+    """Parse one SIP message.
+
+    `framed=True` means a stream framer already cut the message at its Content-Length, so the
+    body is exactly what follows the blank line. For a datagram (`framed=False`) the body is cut
+    at Content-Length when that header is present (RFC 3261 §18.3), and a body shorter than
+    declared is an error.
+
+    Raises SipProtocolError for anything malformed; never another exception for any input.
+    """
+    if type(data) is not bytes:
+        data = bytes(data)  # a bytearray or memoryview from a buffer: header names get hashed
+    if len(data) > max_bytes:
+        raise SipProtocolError(f"message larger than {max_bytes} bytes", 513)
+    start = 0
+    # RFC 3261 §7.5: CRLFs before the start line are ignored
+    while data.startswith(CRLF, start):
+        start += 2
+    end = data.find(b"\r\n\r\n", start)
+    if end < 0:
+        if data.endswith(CRLF) and len(data) > start:
+            # a datagram whose header section runs to the end with no blank line: no body
+            end = len(data) - 2
+            body = b""
+        else:
+            raise SipProtocolError("no blank line after the header section")
+    else:
+        body = data[end + 4 :]
+    head = data[start:end]
+    if not head:
+        raise SipProtocolError("empty message")
+    raw_lines = head.split(CRLF)
+    first_line = raw_lines[0]
+    if len(first_line) > limits.MAX_START_LINE_BYTES:
+        raise SipProtocolError("start line too long", 414)
+    lines: list[bytes] = []
+    keys: list[str] = []
+    for raw in raw_lines[1:]:
+        if raw[:1] in (b" ", b"\t"):
+            if not lines:
+                raise SipProtocolError("continuation line before the first header")
+            lines[-1] = lines[-1] + CRLF + raw
+            if len(lines[-1]) > limits.MAX_LINE_BYTES:
+                raise SipProtocolError("header line too long")
+            continue
+        if len(raw) > limits.MAX_LINE_BYTES:
+            raise SipProtocolError("header line too long")
+        colon = raw.find(b":")
+        if colon <= 0:
+            raise SipProtocolError(f"header line without a name and colon: {_show(raw)}")
+        keys.append(header_key(raw[:colon].rstrip(b" \t")))
+        lines.append(raw)
+        if len(lines) > max_headers:
+            raise SipProtocolError(f"more than {max_headers} header lines")
+    crlfs = len(raw_lines) - 1
+    if head.count(b"\n") != crlfs or head.count(b"\r") != crlfs:
+        raise SipProtocolError("bare CR or LF in the header section")
+    msg = _parse_start_line(first_line, lines, keys, body)
+    if not framed:
+        declared = _content_length(msg)
+        if declared is not None:
+            if declared > len(body):
+                raise SipProtocolError(
+                    f"body shorter than Content-Length ({len(body)} < {declared})"
+                )
+            if declared < len(body):
+                msg.body = body[:declared]  # RFC 3261 §18.3: bytes past it are discarded
+    elif (declared := _content_length(msg)) is not None and declared != len(body):
+        raise SipProtocolError("Content-Length does not match the framed body")
+    return msg
+
+
+def _parse_start_line(
+    first_line: bytes, lines: list[bytes], keys: list[str], body: bytes
+) -> Request | Response:
+    if first_line[:4].upper() == b"SIP/":
+        parts = first_line.split(b" ", 2)
+        if len(parts) < 2:
+            raise SipProtocolError("malformed status line")
+        _check_version(parts[0])
+        code = parts[1]
+        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+            raise SipProtocolError("malformed status code")
+        reason = parts[2] if len(parts) == 3 else b""
+        return Response(int(code), reason, first_line, lines, keys, body)
+    parts = first_line.split(b" ")
+    if len(parts) != 3 or not all(parts):
+        raise SipProtocolError("malformed request line: expected 'METHOD URI SIP/2.0'")
+    method, uri, version = parts
+    if not is_token(method):
+        raise SipProtocolError("malformed method in request line")
+    _check_version(version)
+    colon = uri.find(b":")
+    if colon <= 0 or not uri[:colon].replace(b"+", b"").replace(b"-", b"").replace(
+        b".", b""
+    ).isalnum():
+        raise SipProtocolError("Request-URI has no scheme")
+    return Request(method.decode("ascii"), uri, first_line, lines, keys, body)
+
+
+def _check_version(version: bytes) -> None:
+    if version.upper() != SIP_VERSION:
+        if version[:4].upper() == b"SIP/":
+            raise SipProtocolError("SIP version not supported", 505)
+        raise SipProtocolError("malformed SIP version")
+
+
+# ---------------------------------------------------------------------------------------------
+# Building local responses
+
+
+def build_response(
+    request: Request,
+    status: int,
+    reason: str,
+    *,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, bytes | str]] = (),
+    body: bytes = b"",
+) -> Response:
+    """A response to `request` per RFC 3261 §8.2.6: Via, From, To, Call-ID, CSeq copied as raw.
+
+    A To tag is added when the request's To has none and `to_tag` is given (every final
+    response from a UAS needs one; 100 Trying does not).
+    """
+    lines: list[bytes] = []
+    keys: list[str] = []
+    for key, line in zip(request._keys, request._lines, strict=True):
+        if key in ("via", "from", "call-id", "cseq"):
+            lines.append(line)
+            keys.append(key)
+        elif key == "to":
+            if to_tag is not None and request.to.tag is None:
+                line = line + b";tag=" + to_tag.encode("ascii")
+            lines.append(line)
+            keys.append(key)
+    for name, value in headers:
+        lines.append(_line(name, value))
+        keys.append(header_key(name))
+    lines.append(b"Content-Length: %d" % len(body))
+    keys.append("content-length")
+    phrase = reason.encode("utf-8")
+    first = b"SIP/2.0 %d %s" % (status, phrase)
+    return Response(status, phrase, first, lines, keys, body)
