@@ -1,13 +1,187 @@
-"""`clearipctl`: the one entry point for running and operating the proxy."""
+"""`clearipctl`: the one entry point for running and operating the proxy (SPEC §2).
+
+Each sub-command is a small function registered in `COMMANDS` with its help and arguments.
+Every one takes `--config FILE`, which is how it finds the control socket. Exit status is 0 on
+success; on failure it is non-zero and stderr gets one line saying what went wrong.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
 import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from clearip import __version__
+from clearip.config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_config, load_config
+from clearip.ctlsock import ControlError, request
 
-DEFAULT_CONFIG = "/etc/clearip/proxy.toml"
+DEFAULT_CONFIG = DEFAULT_CONFIG_PATH
+RELOAD_REQUEST_TIMEOUT = 30.0  # the supervisor waits up to 10 s per worker
+
+
+class CommandError(Exception):
+    """A failure to report as one line on stderr."""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+
+
+def load(args: argparse.Namespace) -> tuple[str | None, Config]:
+    """The config named by --config; with no --config, the default file if it exists, else the
+    built-in defaults (so `make run` works on a fresh machine). Path None means defaults."""
+    path = args.config
+    if path is None:
+        if not os.path.exists(DEFAULT_CONFIG):
+            return None, default_config()
+        path = DEFAULT_CONFIG
+    return path, load_config(path)
+
+
+def control_request(args: argparse.Namespace, op: str, **kwargs: Any) -> Any:
+    _path, config = load(args)
+    return request(config.control.socket, op, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    # Imported here: the other commands do not need the supervisor's imports.
+    from clearip.logsetup import setup_logging
+    from clearip.supervisor import Supervisor
+
+    path, config = load(args)
+    setup_logging(config.control.log_level)
+    # The plain asyncio loop, not uvloop: pyroute2 (fast path) runs in this process.
+    return asyncio.run(Supervisor(path, config).run())
+
+
+# ---------------------------------------------------------------------------------------------
+# status
+
+
+def _status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print the SPEC §6 JSON contract, for scripts"
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from clearip.supervisor import status_contract
+
+    status = control_request(args, "status")
+    if not isinstance(status, dict):
+        raise CommandError("bad reply from the proxy: status is not an object")
+    if args.json:
+        print(json.dumps(status_contract(status), indent=2))
+    else:
+        print(format_status(status))
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    total = int(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h {minutes:02d}m"
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _upstream_line(upstream: Mapping[str, Any]) -> str:
+    details = [str(upstream.get("transport") or "?")]
+    if upstream.get("tls_version"):
+        details.append(str(upstream["tls_version"]))
+    if isinstance(upstream.get("rtt_ms"), int | float):
+        details.append(f"rtt {upstream['rtt_ms']:.1f} ms")
+    return f"{upstream.get('state', '?')} ({', '.join(details)})"
+
+
+SOURCES_SHOWN = 10
+
+
+def format_status(status: Mapping[str, Any]) -> str:
+    """The human summary of a status reply."""
+    workers = status.get("workers") or []
+    alive = sum(1 for w in workers if w.get("alive"))
+    fastpath = status.get("fastpath") or {}
+    if fastpath.get("enabled"):
+        fast = "on (" + (", ".join(fastpath.get("interfaces") or []) or "all interfaces") + ")"
+    else:
+        fast = f"off: {fastpath.get('reason') or 'no reason given'}"
+    listeners = ", ".join(
+        f"{item.get('transport')} {item.get('address')}" for item in status.get("listeners") or []
+    )
+    lines = [
+        f"ClearIP In-Line Proxy {status.get('version', '?')}, "
+        f"up {_duration(float(status.get('uptime_s') or 0))}",
+        f"  workers    {alive}/{len(workers)} running, "
+        f"{status.get('workers_restarted', 0)} restarted",
+        f"  upstream   {_upstream_line(status.get('upstream') or {})}",
+        f"  fast path  {fast}",
+        f"  listeners  {listeners or 'none'}",
+        "",
+        "counters",
+    ]
+    counters = status.get("counters") or {}
+    width = max((len(name) for name in counters), default=0)
+    lines += [f"  {name:<{width}}  {value:>12,}" for name, value in counters.items()]
+    sources = status.get("sources") or []
+    if sources:
+        shown = sources[:SOURCES_SHOWN]
+        more = f", busiest {len(shown)} shown" if len(sources) > len(shown) else ""
+        lines += ["", f"sources ({len(sources)}{more})"]
+        lines.append(f"  {'address':<40} {'trusted':<8} {'messages_in':>12} {'invites':>12}")
+        for source in shown:
+            sip = source.get("sip") or {}
+            lines.append(
+                f"  {source.get('address', '?'):<40} "
+                f"{'yes' if source.get('trusted') else 'no':<8} "
+                f"{sip.get('messages_in', 0):>12,} {sip.get('invites', 0):>12,}"
+            )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# reload
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    result = control_request(args, "reload", timeout=RELOAD_REQUEST_TIMEOUT)
+    if not isinstance(result, dict):
+        raise CommandError("bad reply from the proxy: reload result is not an object")
+    source = result.get("config") or "built-in defaults"
+    print(f"reloaded {source} into {result.get('workers', 0)} relay workers")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The table. Other SPEC §2 commands (check, allow, deny, trusted, top, capture) join here.
+
+COMMANDS: tuple[Command, ...] = (
+    Command("run", "run the proxy in the foreground (what systemd starts)", cmd_run),
+    Command(
+        "status",
+        "show the upstream link, fast path, listeners and counters",
+        cmd_status,
+        _status_arguments,
+    ),
+    Command("reload", "re-read the config without dropping calls in progress", cmd_reload),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,17 +191,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"clearipctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    run = sub.add_parser("run", help="run the proxy in the foreground (what systemd starts)")
-    run.add_argument("--config", default=DEFAULT_CONFIG, help=f"TOML config (default {DEFAULT_CONFIG})")
+    for command in COMMANDS:
+        sub_parser = sub.add_parser(command.name, help=command.help, description=command.help)
+        sub_parser.add_argument(
+            "--config",
+            metavar="FILE",
+            default=None,
+            help=f"TOML config (default {DEFAULT_CONFIG}; built-in defaults if that is absent)",
+        )
+        command.arguments(sub_parser)
+        sub_parser.set_defaults(handler=command.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "run":
-        print("clearipctl run: the relay is not built yet", file=sys.stderr)
-        return 1
-    return 0
+    try:
+        return int(args.handler(args))
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+    except (ControlError, CommandError) as e:
+        print(str(e), file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `clearipctl status | head`: not an error
+        # Python would report the pipe again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 1
 
 
 if __name__ == "__main__":

@@ -52,8 +52,7 @@ class StreamConnection(asyncio.Protocol):
         self.counted = False  # accepted and counted against its source's limit
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment] - uvloop's is only alike
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         self.remote = (_plain_ip(peer[0]), peer[1]) if peer else ("", 0)

@@ -1,0 +1,691 @@
+"""The supervisor: the process `clearipctl run` starts, parent of the relay workers.
+
+It binds no SIP socket. It starts N relay workers (each binds its own listeners with
+SO_REUSEPORT, so the kernel spreads the load), restarts one that dies, serves the control socket
+(status, reload), turns SIGHUP into a reload and SIGTERM/SIGINT into a graceful stop. It runs on
+the plain asyncio loop, not uvloop: the fast-path code that will live here (pyroute2) wants it.
+
+Workers are told apart by index. Each has a socketpair to the supervisor (see `workerlink`);
+the worker exits when the supervisor's end closes, so no worker outlives the supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from clearip import __version__
+from clearip.config import Config, ConfigError, default_config, load_config
+from clearip.ctlsock import ControlError, ControlServer, Handler, OpError
+from clearip.logsetup import set_level
+from clearip.workerlink import WorkerChannel, WorkerError
+
+__all__ = [
+    "COUNTER_NAMES",
+    "KERNEL_COUNTER_NAMES",
+    "STATUS_KEYS",
+    "WORKER_MODULE",
+    "WORKER_MODULE_ENV",
+    "Supervisor",
+    "aggregate_stats",
+    "status_contract",
+]
+
+log = logging.getLogger(__name__)
+
+WORKER_MODULE = "clearip.relay.worker"
+WORKER_MODULE_ENV = "CLEARIP_WORKER_MODULE"  # tests run a fake worker through this
+
+READY_TIMEOUT = 30.0  # from spawn to {"event": "ready"}
+STATS_TIMEOUT = 2.0  # per worker, well inside the control client's 5 s
+RELOAD_TIMEOUT = 10.0
+SHUTDOWN_MARGIN = 2.0  # grace = clearip.timeout + this: a call at the ClearIP stage can finish
+KILL_WAIT = 5.0  # after SIGKILL, for the kernel to reap
+LINK_LOST_WAIT = 1.0  # a worker whose link closed gets this long to exit on its own
+RESTART_BACKOFF = 0.5  # first restart delay; doubled per quick failure ...
+RESTART_BACKOFF_MAX = 30.0  # ... up to this
+STABLE_AFTER = 30.0  # a worker that ran this long resets the backoff
+
+# SPEC §6 `status --json`: top-level keys, then every counter, always present even when 0.
+STATUS_KEYS = ("version", "uptime_s", "listeners", "upstream", "fastpath", "counters", "sources")
+COUNTER_NAMES = (
+    "messages_in",
+    "invites",
+    "clearip_302",
+    "clearip_404",
+    "clearip_503",
+    "clearip_603",
+    "clearip_other",
+    "clearip_timeout",
+    "clearip_unavailable",
+    "failovers",
+    "emergency_bypass",
+    "malformed",
+    "dropped_untrusted",
+    "calls_active",
+)
+KERNEL_COUNTER_NAMES = (
+    "passed_pkts",
+    "passed_bytes",
+    "dropped_untrusted_pkts",
+    "dropped_nonsip_pkts",
+)
+UPSTREAM_STATES = ("connected", "connecting", "down")
+
+
+# ---------------------------------------------------------------------------------------------
+# Status assembly: pure functions over the workers' `stats` replies.
+
+
+def _fastpath_status(config: Config) -> dict[str, Any]:
+    # PLACEHOLDER until the fast path (bpf/, nft/) is built: its loader replaces this function
+    # with the real state (attached interfaces, or why it is off and how to fix it).
+    if config.fastpath.enabled == "off":
+        reason = "disabled in the config (fastpath.enabled = false)"
+    else:
+        reason = "fast path not built yet in this version"
+    return {"enabled": False, "reason": reason, "interfaces": []}
+
+
+def _int(value: object) -> int:
+    # bool is an int in Python, but a counter that says `true` is a worker bug, not 1.
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _merge_upstream(stats: list[dict[str, Any]], config: Config) -> dict[str, Any]:
+    links = [s.get("upstream") for s in stats]
+    links = [u for u in links if isinstance(u, dict)]
+    states = [u.get("state") for u in links]
+    # Every worker has its own link to ClearIP: "connected" only when all of them are.
+    if states and all(state == "connected" for state in states):
+        state = "connected"
+    elif any(state in ("connected", "connecting") for state in states):
+        state = "connecting"
+    else:
+        state = "down"
+    transport = next((u["transport"] for u in links if u.get("transport")), None)
+    tls_version = next(
+        (u["tls_version"] for u in links if u.get("state") == "connected" and u.get("tls_version")),
+        None,
+    )
+    rtts = [r for r in (_number(u.get("rtt_ms")) for u in links) if r is not None]
+    return {
+        "state": state,
+        "transport": transport or config.clearip.transport,
+        "tls_version": tls_version,
+        "rtt_ms": max(rtts) if rtts else None,  # worst of the workers: what a call may see
+    }
+
+
+def _trust_check(config: Config) -> Callable[[str], bool]:
+    networks = config.trust.sources  # the state file's entries join here when allow/deny land
+
+    def trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip.version == net.version and ip in net for net in networks)
+
+    return trusted
+
+
+# Keys of a worker's stats reply merged field by field below; any other table of numbers is
+# merged generically, so a worker can report more without a supervisor change.
+_OWN_KEYS = frozenset({"counters", "sources", "listeners", "upstream"})
+_WORST_OF = frozenset({"latency", "clearip_rtt_ms"})
+
+
+def aggregate_stats(stats: Iterable[Mapping[str, Any]], config: Config) -> dict[str, Any]:
+    """Merge the workers' `stats` into the §6 `listeners`, `upstream`, `counters`, `sources`,
+    plus each other table the workers report (`latency`: worst of; anything else: summed).
+    Counts are summed because each worker counts only what the kernel handed to it."""
+    replies = [dict(s) for s in stats if isinstance(s, Mapping)]
+    counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+    per_source: dict[str, dict[str, int]] = {}
+    listeners: list[dict[str, Any]] = []
+    seen_listeners: set[tuple[Any, Any]] = set()
+    extra: dict[str, dict[str, float]] = {}
+    for reply in replies:
+        for name, value in (reply.get("counters") or {}).items():
+            counters[str(name)] = counters.get(str(name), 0) + _int(value)
+        for address, counts in (reply.get("sources") or {}).items():
+            if not isinstance(counts, Mapping):
+                continue
+            entry = per_source.setdefault(str(address), {"messages_in": 0, "invites": 0})
+            entry["messages_in"] += _int(counts.get("messages_in"))
+            entry["invites"] += _int(counts.get("invites"))
+        for listener in reply.get("listeners") or ():
+            if not isinstance(listener, Mapping):
+                continue
+            key = (listener.get("transport"), listener.get("address"))
+            if key not in seen_listeners:  # every worker binds the same addresses
+                seen_listeners.add(key)
+                listeners.append({"transport": key[0], "address": key[1]})
+        for key, table in reply.items():
+            if key in _OWN_KEYS or not isinstance(table, Mapping):
+                continue
+            merged = extra.setdefault(str(key), {})
+            for name, value in table.items():
+                number = _number(value)
+                if number is None:
+                    continue
+                if key in _WORST_OF:
+                    # Percentiles from separate workers cannot be combined exactly; the worst
+                    # one is the honest upper bound.
+                    merged[str(name)] = max(merged.get(str(name), number), number)
+                else:  # a table of counts (final codes sent, attestation mix, ...): summed
+                    merged[str(name)] = merged.get(str(name), 0) + _int(value)
+    trusted = _trust_check(config)
+    sources = [
+        {
+            "address": address,
+            "trusted": trusted(address),
+            # Zeros until the fast path lands: these come from the eBPF per-source map (§5),
+            # which the relay never sees.
+            "kernel": dict.fromkeys(KERNEL_COUNTER_NAMES, 0),
+            "sip": counts,
+        }
+        for address, counts in sorted(
+            per_source.items(), key=lambda item: (-item[1]["messages_in"], item[0])
+        )
+    ]
+    return {
+        "listeners": listeners,
+        "upstream": _merge_upstream(replies, config),
+        "counters": counters,
+        "sources": sources,
+        **extra,
+    }
+
+
+def status_contract(status: Mapping[str, Any]) -> dict[str, Any]:
+    """Exactly the §6 `status --json` keys, in order, every counter present."""
+    out = {key: status.get(key) for key in STATUS_KEYS}
+    counters: dict[str, Any] = dict.fromkeys(COUNTER_NAMES, 0)
+    counters.update(status.get("counters") or {})
+    out["counters"] = counters
+    out["sources"] = list(status.get("sources") or [])
+    out["listeners"] = list(status.get("listeners") or [])
+    return out
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+def _sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) about READY=1 / STOPPING=1; nothing outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # abstract namespace
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(state.encode())
+        except OSError as e:
+            log.warning("cannot notify systemd (%s): %s", state, e)
+
+
+async def _wait_exit(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for `proc` to exit without blocking the loop and without a SIGCHLD handler."""
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:  # a kernel older than 5.3: poll, cheaply enough for a handful of workers
+        while proc.poll() is None:
+            await asyncio.sleep(0.1)
+        return proc.returncode
+    try:
+        exited = loop.create_future()
+        loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+        try:
+            await exited
+        finally:
+            loop.remove_reader(pidfd)
+    finally:
+        os.close(pidfd)
+    return proc.wait()  # it has exited: this only reaps it
+
+
+# ---------------------------------------------------------------------------------------------
+# The supervisor
+
+
+@dataclass(eq=False)
+class _Worker:
+    index: int
+    proc: subprocess.Popen[bytes]
+    channel: WorkerChannel
+    started_at: float
+    ready: asyncio.Future[bool]  # True on {"event": "ready"}, False if it exited before
+    exited: asyncio.Future[int]  # the exit status (negative: killed by that signal)
+    watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def is_ready(self) -> bool:
+        return self.ready.done() and self.ready.result() and not self.exited.done()
+
+    @property
+    def name(self) -> str:
+        return f"worker {self.index} (pid {self.proc.pid})"
+
+
+class Supervisor:
+    """Runs the relay workers and the control socket until SIGTERM/SIGINT."""
+
+    def __init__(
+        self,
+        config_path: str | None,
+        config: Config,
+        worker_module: str | None = None,
+        *,
+        ready_timeout: float = READY_TIMEOUT,
+    ) -> None:
+        self.config_path = config_path  # None: built-in defaults, nothing to re-read
+        self.config = config
+        self.worker_module = worker_module or os.environ.get(WORKER_MODULE_ENV) or WORKER_MODULE
+        self.ready_timeout = ready_timeout
+        self.workers_restarted = 0
+        self._workers: list[_Worker] = []
+        # Fixed for the life of the process: a changed relay.workers needs a restart.
+        self._count = config.relay.effective_workers()
+        self._started = time.monotonic()
+        self._stop_requested = asyncio.Event()
+        self._stopping = False
+        self._reload_lock = asyncio.Lock()
+        self._slots: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # The control ops; allow/deny/trusted/tap are one entry each when they land.
+        self._ops: dict[str, Handler] = {
+            "ping": self._op_ping,
+            "status": self._op_status,
+            "reload": self._op_reload,
+        }
+        self._ctl = ControlServer(config.control.socket, self._ops)
+
+    # --- lifecycle ---
+
+    async def run(self) -> int:
+        """Run until stopped; 0 after a clean stop, 1 when the proxy could not start."""
+        loop = asyncio.get_running_loop()
+        self._started = time.monotonic()
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        try:
+            return await self._run()
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    async def _run(self) -> int:
+        if self.config.fastpath.enabled == "on":
+            log.warning("fastpath.enabled = true, but this version has no fast path yet")
+        # The control socket first: a second proxy must fail here, before its workers bind
+        # SO_REUSEPORT listeners and take a share of the first one's traffic.
+        try:
+            await self._ctl.start()
+        except ControlError as e:
+            log.error("%s", e)
+            return 1
+        try:
+            if not await self._start_workers():
+                return 1
+            if not self._stop_requested.is_set():
+                log.info(
+                    "proxy %s running: %d relay workers, control socket %s",
+                    __version__,
+                    len(self._workers),
+                    self.config.control.socket,
+                )
+                _sd_notify("READY=1")  # when the fast path lands: only once it is applied too
+                self._slots = [
+                    asyncio.create_task(self._keep_running(i), name=f"slot-{i}")
+                    for i in range(len(self._workers))
+                ]
+                await self._stop_requested.wait()
+            return 0
+        finally:
+            await self._stop()
+
+    async def _start_workers(self) -> bool:
+        loop = asyncio.get_running_loop()
+        for index in range(self._count):
+            try:
+                self._workers.append(await self._spawn(index))
+            except OSError as e:
+                log.error("cannot start relay worker %d (%s): %s", index, self.worker_module, e)
+                return False
+        pending = {w.ready: w for w in self._workers}
+        stop = asyncio.create_task(self._stop_requested.wait())
+        deadline = loop.time() + self.ready_timeout
+        try:
+            while pending:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                done, _ = await asyncio.wait(
+                    [*pending, stop], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                if stop in done:
+                    return True  # stopped while starting: a clean stop, not a failure
+                for future in done:
+                    worker = pending.pop(future)
+                    if not future.result():
+                        log.error(
+                            "cannot start: relay %s %s before it was ready (see its log above)",
+                            worker.name,
+                            _describe_exit(worker.exited.result()),
+                        )
+                        return False
+        finally:
+            stop.cancel()
+        if pending:
+            late = ", ".join(w.name for w in pending.values())
+            log.error("cannot start: relay %s not ready after %g s", late, self.ready_timeout)
+            return False
+        return True
+
+    async def _spawn(self, index: int) -> _Worker:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        argv = [
+            sys.executable, "-m", self.worker_module,
+            "--config", self.config_path or "",
+            "--index", str(index),
+            "--workers", str(self._count),
+            "--ctl-fd", str(child.fileno()),
+        ]  # fmt: skip
+        try:
+            # process_group=0: a terminal's Ctrl-C reaches the supervisor only, which then
+            # stops the workers gracefully instead of having them all die at once.
+            proc = subprocess.Popen(
+                argv, pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, process_group=0
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            # Only the worker may hold its end: its exit must read as EOF on ours.
+            child.close()
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[bool] = loop.create_future()
+        worker_ref: list[_Worker] = []
+        channel = await WorkerChannel.open(
+            parent, lambda event: self._on_event(worker_ref[0], event), f"worker {index}"
+        )
+        worker = _Worker(index, proc, channel, time.monotonic(), ready, loop.create_future())
+        worker_ref.append(worker)
+        worker.watcher = asyncio.create_task(self._watch(worker), name=f"watch-{proc.pid}")
+        log.debug("started relay %s", worker.name)
+        return worker
+
+    def _on_event(self, worker: _Worker, event: dict[str, Any]) -> None:
+        if event.get("event") == "ready":
+            if not worker.ready.done():
+                worker.ready.set_result(True)
+                log.info("relay %s ready", worker.name)
+        else:
+            log.debug("relay %s: event %r ignored", worker.name, event.get("event"))
+
+    async def _watch(self, worker: _Worker) -> None:
+        exit_task = asyncio.create_task(_wait_exit(worker.proc))
+        link_task = asyncio.create_task(worker.channel.wait_closed())
+        try:
+            await asyncio.wait([exit_task, link_task], return_when=asyncio.FIRST_COMPLETED)
+            if not exit_task.done() and not self._stopping:
+                # A worker without its link can be neither supervised nor stopped: replace it.
+                try:
+                    await asyncio.wait_for(asyncio.shield(exit_task), LINK_LOST_WAIT)
+                except TimeoutError:
+                    log.error("relay %s closed its control link; killing it", worker.name)
+                    worker.proc.kill()
+            returncode = await exit_task
+        finally:
+            link_task.cancel()
+            if not exit_task.done():
+                exit_task.cancel()
+        worker.exited.set_result(returncode)
+        if not worker.ready.done():
+            worker.ready.set_result(False)
+        await worker.channel.close()
+
+    async def _keep_running(self, index: int) -> None:
+        """Restart worker `index` whenever it dies, with backoff, until the proxy stops."""
+        failures = 0
+        while True:
+            worker = self._workers[index]
+            # shield: cancelling this task at stop must not cancel the shared future.
+            returncode = await asyncio.shield(worker.exited)
+            if self._stopping:
+                return
+            ran = time.monotonic() - worker.started_at
+            if worker.ready.result() and ran >= STABLE_AFTER:
+                failures = 0
+            while True:
+                failures += 1
+                delay = min(RESTART_BACKOFF_MAX, RESTART_BACKOFF * 2 ** (failures - 1))
+                log.error(
+                    "relay %s %s after %.1f s; restarting it in %g s",
+                    worker.name,
+                    _describe_exit(returncode),
+                    ran,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                try:
+                    worker = await self._spawn(index)
+                except OSError as e:
+                    log.error("cannot start relay worker %d: %s", index, e)
+                    continue
+                break
+            self._workers[index] = worker
+            self.workers_restarted += 1
+            try:
+                ready = await asyncio.wait_for(asyncio.shield(worker.ready), self.ready_timeout)
+            except TimeoutError:
+                log.error(
+                    "relay %s not ready after %g s; killing it", worker.name, self.ready_timeout
+                )
+                worker.proc.kill()
+                continue
+            if ready:
+                await self._resync(worker)
+
+    async def _resync(self, worker: _Worker) -> None:
+        # A restarted worker read the config file anew; hand it the one the others run, which
+        # may differ if the file was edited since the last reload.
+        async with self._reload_lock:
+            try:
+                await worker.channel.call(
+                    "reload", config=self.config.to_dict(), timeout=RELOAD_TIMEOUT
+                )
+            except WorkerError as e:
+                log.error("relay %s: could not apply the running config: %s", worker.name, e)
+
+    async def _stop(self) -> None:
+        self._stopping = True
+        _sd_notify("STOPPING=1")
+        for task in (*self._slots, *self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._slots, *self._tasks, return_exceptions=True)
+        alive = [w for w in self._workers if not w.exited.done()]
+        if alive:
+            grace = self.config.clearip.timeout + SHUTDOWN_MARGIN
+            log.info("stopping %d relay workers (grace %g s)", len(alive), grace)
+            requests = [
+                # A worker that never got ready has no call to finish.
+                asyncio.create_task(self._request_shutdown(w, grace if w.is_ready else 0.0))
+                for w in alive
+            ]
+            await asyncio.wait([w.exited for w in alive], timeout=grace + SHUTDOWN_MARGIN)
+            stragglers = [w for w in alive if not w.exited.done()]
+            for worker in stragglers:
+                log.warning("relay %s did not stop within %g s; killing it", worker.name, grace)
+                worker.proc.kill()
+            if stragglers:
+                await asyncio.wait([w.exited for w in stragglers], timeout=KILL_WAIT)
+            for task in requests:
+                task.cancel()
+            await asyncio.gather(*requests, return_exceptions=True)
+        for worker in self._workers:
+            if worker.watcher is not None and not worker.watcher.done():
+                worker.watcher.cancel()  # only if SIGKILL could not be reaped: nothing left to do
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker.watcher
+            await worker.channel.close()
+        await self._ctl.close()
+        log.info("proxy stopped")
+
+    async def _request_shutdown(self, worker: _Worker, grace: float) -> None:
+        try:
+            await worker.channel.call("shutdown", grace=grace, timeout=grace + SHUTDOWN_MARGIN)
+        except WorkerError as e:
+            log.debug("relay %s: shutdown: %s", worker.name, e)
+
+    # --- signals ---
+
+    def _on_stop_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if not self._stop_requested.is_set():
+            log.info("%s: stopping gracefully", name)
+            self._stop_requested.set()
+            return
+        # A second signal: the operator does not want to wait for calls to finish.
+        log.warning("%s again: killing the relay workers now", name)
+        for worker in self._workers:
+            if not worker.exited.done():
+                worker.proc.kill()
+
+    def _on_hup(self) -> None:
+        log.info("SIGHUP: reloading the config")
+        self._background(self._reload_quietly())
+
+    def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        # Kept, so it is neither garbage-collected mid-flight nor left running at stop.
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload_quietly(self) -> None:
+        with contextlib.suppress(OpError):  # already logged; a signal has nobody to answer
+            await self.reload()
+
+    # --- operations ---
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file and hand it to every worker. A bad file changes nothing."""
+        async with self._reload_lock:
+            if self._stopping:
+                raise OpError("the proxy is stopping")
+            try:
+                new = load_config(self.config_path) if self.config_path else default_config()
+            except ConfigError as e:
+                log.error("reload refused, keeping the running config: config error: %s", e)
+                raise OpError(f"config error: {e}") from None
+            old = self.config
+            for key, before, after in (
+                ("control.socket", old.control.socket, new.control.socket),
+                ("control.state_dir", old.control.state_dir, new.control.state_dir),
+                ("relay.workers", old.relay.workers, new.relay.workers),
+            ):
+                if before != after:
+                    log.warning("reload: %s changed; it takes effect at the next restart", key)
+            self.config = new
+            set_level(new.control.log_level)
+            workers = [w for w in self._workers if w.is_ready]
+            results = await asyncio.gather(
+                *(
+                    w.channel.call("reload", config=new.to_dict(), timeout=RELOAD_TIMEOUT)
+                    for w in workers
+                ),
+                return_exceptions=True,
+            )
+            failed = [
+                f"{w.name}: {r}"
+                for w, r in zip(workers, results, strict=True)
+                if isinstance(r, BaseException)
+            ]
+            if failed:
+                for line in failed:
+                    log.error("reload failed in relay %s", line)
+                raise OpError(f"reload failed in {'; '.join(failed)}")
+            log.info(
+                "config reloaded from %s into %d relay workers",
+                self.config_path or "built-in defaults",
+                len(workers),
+            )
+            return {"config": self.config_path, "workers": len(workers)}
+
+    async def status(self) -> dict[str, Any]:
+        """The §6 status (see `status_contract`) plus `workers`, `workers_restarted` and the
+        workers' other tables (`latency`, ...)."""
+        workers = list(self._workers)
+        ready = [w for w in workers if w.is_ready]
+        replies = await asyncio.gather(
+            *(w.channel.call("stats", timeout=STATS_TIMEOUT) for w in ready),
+            return_exceptions=True,
+        )
+        answered: dict[int, dict[str, Any]] = {}
+        for worker, reply in zip(ready, replies, strict=True):
+            if isinstance(reply, dict):
+                answered[worker.index] = reply
+            else:
+                log.warning("status: relay %s: %s", worker.name, reply)
+        merged = aggregate_stats(answered.values(), self.config)
+        return {
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "listeners": merged["listeners"],
+            "upstream": merged["upstream"],
+            "fastpath": _fastpath_status(self.config),
+            "counters": merged["counters"],
+            "sources": merged["sources"],
+            **{k: v for k, v in merged.items() if k not in _OWN_KEYS},
+            "workers": [
+                {
+                    "index": w.index,
+                    "pid": w.proc.pid,
+                    "alive": not w.exited.done(),
+                    "ready": w.is_ready,
+                    "answered": w.index in answered,
+                }
+                for w in workers
+            ],
+            "workers_restarted": self.workers_restarted,
+            "stopping": self._stopping,
+        }
+
+    async def _op_ping(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid(), "version": __version__}
+
+    async def _op_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await self.status()
+
+    async def _op_reload(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await self.reload()
