@@ -26,6 +26,7 @@ from clearip.sip.message import Request, Response, SipMessage, build_response, p
 from clearip.sip.transaction import (
     ClientTransaction,
     ServerTransaction,
+    TransactionError,
     TxDeliver,
     TxEvent,
     TxSend,
@@ -234,9 +235,15 @@ class ProxyCore:
     def respond(self, rec: TxRecord, resp: Response, now: float) -> None:
         """Send a response through a server transaction (retransmitted as RFC 3261 says)."""
         assert isinstance(rec.tx, ServerTransaction)
+        try:
+            events = rec.tx.send_response(resp, now)
+        except TransactionError as e:
+            # e.g. a provisional racing a final we already sent: the caller must not see it
+            log.debug("response %d not sent: %s", resp.status, e)
+            return
         if resp.status >= 200:
             self.counters.final_code(resp.status)
-        self._tx_events(rec, rec.tx.send_response(resp, now), now)
+        self._tx_events(rec, events, now)
 
     def reply(
         self,

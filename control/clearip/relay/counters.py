@@ -34,6 +34,7 @@ class Counters:
 
     def __init__(self, max_sources: int = MAX_SOURCES) -> None:
         self.values: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+        self.values["internal_errors"] = 0  # bugs caught at the worker's edge; should stay 0
         self.sources: dict[str, dict[str, int]] = {}
         self.finals: dict[int, int] = {}  # final response codes sent to callers
         self.attestation: dict[str, int] = {}  # STIR/SHAKEN attest level -> calls

@@ -21,7 +21,8 @@ from clearip.sip.framing import PING_BYTES
 log = logging.getLogger("clearip.upstream")
 
 BACKOFF_FIRST = 0.2
-BACKOFF_MAX = 30.0
+BACKOFF_MAX = 5.0  # ClearIP back within seconds means calls flow again within seconds
+FAILURE_LOG_INTERVAL = 60.0
 CONNECT_TIMEOUT = 5.0
 
 
@@ -67,6 +68,7 @@ class UpstreamLink:
         self.rtt_ms: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._last_failure_log = -FAILURE_LOG_INTERVAL
         self._tls = client_tls_context(cfg) if cfg.transport == "tls" else None
 
     def start(self) -> None:
@@ -101,17 +103,21 @@ class UpstreamLink:
                 self.last_error = str(e) or type(e).__name__
                 if not self.conns:
                     self.state = "down"
-                log.warning(
-                    "ClearIP link %s:%d: connect failed: %s (retry in %.1fs)",
-                    self.cfg.host,
-                    self.cfg.port,
-                    self.last_error,
-                    delay,
-                )
+                now = loop.time()
+                if now - self._last_failure_log >= FAILURE_LOG_INTERVAL:
+                    self._last_failure_log = now  # one line a minute, not one per retry
+                    log.warning(
+                        "ClearIP link %s:%d: connect failed: %s (retrying, at most every %.0fs)",
+                        self.cfg.host,
+                        self.cfg.port,
+                        self.last_error,
+                        BACKOFF_MAX,
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             delay = BACKOFF_FIRST
+            self._last_failure_log = -FAILURE_LOG_INTERVAL
             self.conns[conn.id] = conn
             self.state = "connected"
             self.tls_version = conn.tls_version

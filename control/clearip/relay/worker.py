@@ -399,14 +399,22 @@ class Worker:
 
     def _receive(self, data: bytes, flow: Flow) -> None:
         assert self.loop is not None
-        self.core.receive(data, flow, self.loop.time())
+        try:
+            self.core.receive(data, flow, self.loop.time())
+        except Exception:  # a bug must cost one message, never the worker or its timers
+            log.exception("internal error handling a message from %s:%d", *flow.remote)
+            self.counters.inc("internal_errors")
         self._flush()
 
     def _on_timer(self) -> None:
         assert self.loop is not None
         self._timer = None
         self._timer_at = None
-        self.core.on_timer(self.loop.time())
+        try:
+            self.core.on_timer(self.loop.time())
+        except Exception:
+            log.exception("internal error running timers")
+            self.counters.inc("internal_errors")
         self._flush()
 
     # -- sending -----------------------------------------------------------------------------------
