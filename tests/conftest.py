@@ -1,0 +1,3 @@
+"""Shared pytest fixtures."""
+
+from tests.netlab import netlab, netlab_factory  # noqa: F401  (pytest fixtures)
