@@ -80,17 +80,18 @@ def header_key(name: bytes | str) -> str:
 
 
 def ascii_uint(text: str | bytes, max_value: int) -> int | None:
-    """`text` as an unsigned decimal integer of at most `max_value`, else None.
+    """`text` as an unsigned decimal integer of at most `max_value` (< 2**32), else None.
 
     Only ASCII digits count (str.isdigit() also takes "²" and other digits int() refuses), and
     leading zeros are skipped before the length bound so int() never sees a huge string.
     """
-    if not text or not text.isascii() or not text.isdigit():
+    if not text.isdigit() or not text.isascii():
         return None
-    digits = text.lstrip("0" if isinstance(text, str) else b"0")
-    if len(digits) > len(str(max_value)):
-        return None
-    value = int(digits or b"0")
+    if len(text) > 10:  # more digits than any 32-bit value, unless they are leading zeros
+        text = text.lstrip(b"0" if isinstance(text, bytes) else "0") or text[-1:]
+        if len(text) > 10:
+            return None
+    value = int(text)
     return value if value <= max_value else None
 
 
@@ -173,17 +174,18 @@ def first_element_end(value: bytes) -> int:
                 i += 1
             elif c == 0x22:
                 in_quote = False
-        elif c == 0x22:
-            in_quote = seen = True
-        elif c == 0x3C:
-            in_angle = seen = True
-        elif c == 0x3E:
-            in_angle = False
         elif c == 0x2C and not in_angle:
             if seen:
                 return i
-        elif c not in _LIST_SPACE:
-            seen = True
+        else:
+            if c == 0x22:
+                in_quote = True
+            elif c == 0x3C:
+                in_angle = True
+            elif c == 0x3E:
+                in_angle = False
+            if c not in _LIST_SPACE:
+                seen = True
         i += 1
     return -1
 

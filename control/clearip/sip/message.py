@@ -36,10 +36,12 @@ CRLF = b"\r\n"
 SIP_VERSION = b"SIP/2.0"
 
 _SINGLE_HEADERS = ("call-id", "cseq", "from", "to")
-# Headers that may appear at most once: two Max-Forwards would let a loop outlive the first.
+# Counted by check(): the mandatory ones must appear once, Max-Forwards at most once (a second,
+# larger one would let a loop outlive the first).
 _COUNTED_HEADERS = (*_SINGLE_HEADERS, "max-forwards")
-# Call-ID (RFC 3261 §25.1 callid = word ["@" word]): visible ASCII; SP, controls and DEL refused.
-_NOT_CALLID = bytes(range(0x21)) + b"\x7f"
+# SP, HTAB, the other controls and DEL: never raw in a Call-ID (RFC 3261 §25.1 callid = word
+# ["@" word]) or a Request-URI (§19.1.2: such characters are escaped).
+_CTL_OR_SPACE = bytes(range(0x21)) + b"\x7f"
 
 
 class SipMessage:
@@ -127,8 +129,8 @@ class SipMessage:
     def call_id(self) -> str:
         def make() -> str:
             value = self._single("call-id")
-            # `<`, `>`, `"` are word characters (RFC 4475 §3.1.1.2), so only these are refused
-            if not value or not value.isascii() or value.translate(None, _NOT_CALLID) != value:
+            # visible ASCII: `<`, `>` and `"` are word characters too (RFC 4475 §3.1.1.2)
+            if not value or not value.isascii() or value.translate(None, _CTL_OR_SPACE) != value:
                 raise SipProtocolError("malformed Call-ID")
             return value.decode("utf-8", "surrogateescape")
 
@@ -194,7 +196,9 @@ class SipMessage:
                 raise SipProtocolError(f"{what} {key.title()} header")
         self.top_via  # noqa: B018 - parses every Via
         self.call_id  # noqa: B018
-        self.cseq  # noqa: B018
+        cseq = self.cseq
+        if self.is_request and cseq.method != self.method:  # type: ignore[attr-defined]
+            raise SipProtocolError("CSeq method does not match the request method")
         self.from_  # noqa: B018
         self.to  # noqa: B018
         self.max_forwards  # noqa: B018
@@ -364,11 +368,6 @@ class Request(SipMessage):
         last_sp = self.first_line.rindex(b" ")
         self.first_line = self.first_line[: first_sp + 1] + raw + self.first_line[last_sp:]
 
-    def check(self) -> None:
-        super().check()
-        if self.cseq.method != self.method:
-            raise SipProtocolError("CSeq method does not match the request method")
-
     def decrement_max_forwards(self) -> int:
         """RFC 3261 §16.6 step 3: decrement, or add 70 when absent; returns the new value."""
         current = self.max_forwards
@@ -413,8 +412,11 @@ def _line(name: str, value: bytes | str) -> bytes:
 
 
 def _content_length(msg: SipMessage) -> int | None:
-    """The declared body length; lines repeating the same value agree (as in the stream framer),
-    different values are refused (RFC 4475 §3.3.9)."""
+    """The declared body length, None without a Content-Length line.
+
+    Several lines with the same value are accepted, as the stream framer does; different
+    values are refused (RFC 4475 §3.3.9), since peers would disagree on where the body ends.
+    """
     keys = msg._keys
     if "content-length" not in keys:
         return None
@@ -532,6 +534,8 @@ def _parse_start_line(
     if not is_token(method):
         raise SipProtocolError("malformed method in request line")
     _check_version(version)
+    if uri.translate(None, _CTL_OR_SPACE) != uri:
+        raise SipProtocolError("malformed Request-URI: whitespace or control character")
     colon = uri.find(b":")
     if colon <= 0 or not uri[:colon].replace(b"+", b"").replace(b"-", b"").replace(
         b".", b""
@@ -542,7 +546,10 @@ def _parse_start_line(
 
 def _check_version(version: bytes) -> None:
     if version.upper() != SIP_VERSION:
-        if version[:4].upper() == b"SIP/":
+        # RFC 3261 §25.1: SIP-Version = "SIP" "/" 1*DIGIT "." 1*DIGIT; only a well-formed
+        # other version is 505 (§21.5.7), anything else is a malformed start line
+        major, dot, minor = version[4:].partition(b".")
+        if version[:4].upper() == b"SIP/" and dot and major.isdigit() and minor.isdigit():
             raise SipProtocolError("SIP version not supported", 505)
         raise SipProtocolError("malformed SIP version")
 
