@@ -36,6 +36,8 @@ DECLINE = "19005550603"  # 603 with Reason
 OVERLOAD = "14045550503"  # 503 with Reason
 NOT_REGISTERED = "15055550404"  # 404
 SILENT = "16065550999"  # never answers
+RESET = "17075550000"  # resets the TLS connection on every INVITE
+SLOW = "18085550000"  # 302 after 1 s (a CANCEL meanwhile gets 200 + 487)
 
 RULES = f"""
 [defaults]
@@ -75,6 +77,15 @@ action = "404"
 [[rule]]
 match = "^\\\\+?{SILENT}$"
 action = "silent"
+
+[[rule]]
+match = "^\\\\+?{RESET}$"
+action = "reset"
+
+[[rule]]
+match = "^\\\\+?{SLOW}$"
+contacts = ["sip:{{number}}@{PROV_A_IP}:5060"]
+delay = 1.0
 """
 
 
@@ -207,8 +218,12 @@ def test_failover_503_to_second_contact_over_tcp(lab: Lab) -> None:
     res = lab.call("uac_call.xml", OUTBOUND, transport="t1")
     assert (res.successful, res.failed) == (1, 0), res
     assert a.wait().successful == 1
-    assert b.wait().successful == 1
+    got = b.wait()
+    assert got.successful == 1
     assert delta(before, lab.counters())["failovers"] == 1
+    # TCP toward the switch, UDP toward the provider: RFC 5658 double Record-Route
+    rr = got.received("INVITE")[0].header("Record-Route")
+    assert rr == [f"<sip:{PROXY_IP}:5060;lr>", f"<sip:{PROXY_IP}:5060;transport=tcp;lr>"]
 
 
 def test_full_call_over_tls_switch_leg(lab: Lab) -> None:
@@ -311,6 +326,35 @@ def test_untrusted_source_is_dropped(lab: Lab) -> None:
     )  # fmt: skip
     assert res.successful == 0 and not res.received(), res  # not even a 100 Trying
     assert delta(before, lab.counters())["dropped_untrusted"] >= 1
+
+
+def test_cancel_at_clearip_stage(lab: Lab) -> None:
+    res = lab.call("uac_cancel_early.xml", SLOW)
+    assert (res.successful, res.failed) == (1, 0), res
+    time.sleep(1.2)  # ClearIP's late answer is absorbed: nothing goes to a provider
+    asked = [r for r in lab.emulator_requests() if r.get("number") == f"+{SLOW}"]
+    assert [r["method"] for r in asked] == ["INVITE", "CANCEL"]
+
+
+def test_reset_while_waiting_resent_once_then_on_failure(lab: Lab) -> None:
+    res = lab.call("uac_expect_503.xml", RESET, sets={"expect_phrase": "ClearIP unavailable"})
+    assert (res.successful, res.failed) == (1, 0), res
+    asked = [r for r in lab.emulator_requests() if r.get("number") == f"+{RESET}"]
+    assert len(asked) == 2, asked  # once, then once more on a fresh connection
+    assert asked[0]["conn"] != asked[1]["conn"]
+    lab.wait_upstream()
+
+
+def test_clearip_unreachable_answers_at_once(lab: Lab) -> None:
+    """Second to last: ClearIP goes away; the switch gets on_failure without any wait."""
+    lab.clearip.stop(lab.emulator)
+    deadline = time.monotonic() + 10
+    while lab.status()["upstream"]["state"] == "connected" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    before = lab.counters()
+    res = lab.call("uac_expect_503.xml", OUTBOUND, sets={"expect_phrase": "ClearIP unavailable"})
+    assert (res.successful, res.failed) == (1, 0), res
+    assert delta(before, lab.counters())["clearip_unavailable"] == 1
 
 
 def test_proxy_stops_cleanly(lab: Lab) -> None:

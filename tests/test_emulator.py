@@ -462,7 +462,8 @@ def test_cancel_of_delayed_invite(transport: str) -> None:
     async def body(emulator: Any, records: list[dict[str, Any]]) -> None:
         client = await Client.open(emulator, transport)
         await client.send(request("+14045550000", transport=transport))
-        assert await client.silent(0.2)  # the answer is 5 s away
+        assert (await response(client)).status == 100  # the final answer is 5 s away
+        assert await client.silent(0.2)
         await client.send(request("+14045550000", method="CANCEL", transport=transport))
         first, second = await response(client), await response(client)
         by_method = {r.cseq.method: r for r in (first, second)}
@@ -546,6 +547,7 @@ def test_udp_retransmission_while_pending_is_absorbed() -> None:
         await client.send(invite)
         await asyncio.sleep(0.05)
         await client.send(invite)
+        assert (await response(client)).status == 100  # the delayed rule says Trying at once
         answer = await response(client)
         assert answer.status == 302
         assert await client.silent(0.3)  # one answer only
@@ -651,11 +653,10 @@ def test_under_uvloop() -> None:
             identity = answer.get("identity")
             assert answer.status == 302 and identity is not None
             assert verify_passport(parse_identity(identity), emulator.public_key)
-            await client.send(request("+14045550000", transport=transport, branch="z9hG4bK-c"))
-            await client.send(
-                request("+14045550000", method="CANCEL", transport=transport, branch="z9hG4bK-c")
-            )
-            assert {(await response(client)).status for _ in range(2)} == {200, 487}
+            delayed = {"transport": transport, "branch": "z9hG4bK-c", "call_id": f"c-{transport}"}
+            await client.send(request("+14045550000", **delayed))
+            await client.send(request("+14045550000", method="CANCEL", **delayed))
+            assert {(await response(client)).status for _ in range(3)} == {100, 200, 487}
             if transport != "udp":
                 await client.send(PING_BYTES)
                 await client.recv_pong()

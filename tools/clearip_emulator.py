@@ -841,6 +841,9 @@ class Emulator:
             self._forget(key, txn)
         elif rule.delay > 0:
             assert self._loop is not None
+            # RFC 3261 §17.2.1: a server that will not answer within 200 ms sends 100 Trying,
+            # which also lets the client CANCEL (§9.1 forbids it before any provisional)
+            self._send(link, build_response(request, 100, "Trying"), txn)
             txn.timer = self._loop.call_later(rule.delay, self._answer, txn)
         else:
             self._answer(txn)
