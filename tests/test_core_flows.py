@@ -242,3 +242,74 @@ def test_in_dialog_bye_loose_routed() -> None:
 
 
 _ = CLEARIP
+
+
+def test_untrusted_answered_403_when_configured() -> None:
+    from clearip.config import parse_config
+    from tests.core_rig import BASE_CONFIG
+
+    rig = Rig()
+    trusted = 'sources = ["10.0.0.0/24"]'
+    rig.core.config = parse_config(BASE_CONFIG.replace(trusted, f'{trusted}\nuntrusted = "403"'))
+    resp = only(rig.feed(invite(src=UNTRUSTED), UNTRUSTED), to=UNTRUSTED)
+    assert resp.status == 403
+    assert rig.counters.values["dropped_untrusted"] == 1
+
+
+def bye_from_callee(to_b: Request) -> bytes:
+    """The provider hangs up: BYE to the proxy's Record-Route, toward the switch's Contact."""
+    return (
+        b"BYE sip:+13035550199@10.0.0.11:5060 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 10.0.0.14:5060;branch=z9hG4bK-b-bye\r\n"
+        b"Route: <sip:10.0.0.1:5060;lr>\r\n"
+        b"From: <sip:+12025550123@10.0.0.1;user=phone>;tag=uas-tag\r\n"
+        b"To: <sip:+13035550199@10.0.0.11;user=phone>;tag=sw-tag\r\n"
+        b"Call-ID: call-1@10.0.0.11\r\nCSeq: 1 BYE\r\nMax-Forwards: 70\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+
+
+def test_callee_bye_from_untrusted_provider_passes_via_pinhole() -> None:
+    rig = Rig()
+    rig.core.env.trusted_prefix = "10.0.0.11"  # only the switch is trusted
+    to_ci = start_call(rig)
+    to_b = only(rig.from_clearip(redirect(to_ci, CONTACTS)), to=PROV_B)
+    ok = response_to(to_b, 200, "OK", mirror_rr=True, extra="Contact: <sip:b@10.0.0.14:5060>")
+    only(rig.feed(ok, PROV_B), to=SWITCH)
+    fwd = only(rig.feed(bye_from_callee(to_b), PROV_B), to=SWITCH)
+    assert fwd.method == "BYE" and not fwd.has("route")
+    # but the same provider cannot start a call of its own (SPEC §5 pinholes)
+    assert rig.feed(invite(src=PROV_B, call_id="own", branch="z9hG4bK-own"), PROV_B) == []
+
+
+def test_re_invite_in_dialog_is_relayed() -> None:
+    rig = Rig()
+    to_ci = start_call(rig)
+    to_b = only(rig.from_clearip(redirect(to_ci, CONTACTS)), to=PROV_B)
+    ok = response_to(to_b, 200, "OK", mirror_rr=True, extra="Contact: <sip:b@10.0.0.14:5060>")
+    only(rig.feed(ok, PROV_B), to=SWITCH)
+    reinvite = invite(
+        uri="sip:b@10.0.0.14:5060", branch="z9hG4bK-re", extra="Route: <sip:10.0.0.1:5060;lr>\r\n"
+    ).replace(b"CSeq: 1 INVITE", b"CSeq: 2 INVITE").replace(
+        b"To: <sip:+12025550123@10.0.0.1;user=phone>",
+        b"To: <sip:+12025550123@10.0.0.1;user=phone>;tag=uas-tag",
+    )
+    out = rig.feed(reinvite, SWITCH)
+    assert [m.status for m in msgs(out, to=SWITCH)] == [100]
+    fwd = only(out, to=PROV_B)
+    assert fwd.method == "INVITE" and fwd.cseq.number == 2 and not msgs(out, upstream=True)
+    final = only(rig.feed(response_to(fwd, 200, "OK", to_tag=None), PROV_B), to=SWITCH)
+    assert final.status == 200 and final.cseq.number == 2
+
+
+def test_advertise_in_via_and_record_route() -> None:
+    from clearip.config import parse_config
+    from clearip.relay.worker import Worker
+    from tests.core_rig import BASE_CONFIG
+
+    config = parse_config(BASE_CONFIG.replace("[clearip]", 'advertise = "203.0.113.7"\n[clearip]'))
+    worker = Worker(config, index=1, workers=2, config_path=None)
+    assert worker.via_address("tcp", "10.0.0.13") == ("203.0.113.7", 5060)
+    assert worker.via_address("udp", "10.0.0.13") == ("203.0.113.7", 5060 + 10 + 1)
+    assert worker.rr_address("udp", "10.0.0.13") == ("203.0.113.7", 5060)
+    assert worker.rr_address("tls", "10.0.0.13") == ("203.0.113.7", 5061)
