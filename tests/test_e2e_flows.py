@@ -38,6 +38,7 @@ NOT_REGISTERED = "15055550404"  # 404
 SILENT = "16065550999"  # never answers
 RESET = "17075550000"  # resets the TLS connection on every INVITE
 SLOW = "18085550000"  # 302 after 1 s (a CANCEL meanwhile gets 200 + 487)
+VIA_TCP = "12025550300"  # 302 to provider B over TCP
 
 RULES = f"""
 [defaults]
@@ -81,6 +82,11 @@ action = "silent"
 [[rule]]
 match = "^\\\\+?{RESET}$"
 action = "reset"
+
+[[rule]]
+match = "^\\\\+?{VIA_TCP}$"
+contacts = ["sip:{{number}}@{PROV_B_IP}:5060;transport=tcp"]
+identity = true
 
 [[rule]]
 match = "^\\\\+?{SLOW}$"
@@ -235,6 +241,21 @@ def test_full_call_over_tls_switch_leg(lab: Lab) -> None:
         )  # fmt: skip
     assert (res.successful, res.failed) == (1, 0), res
     assert uas.wait().successful == 1
+
+
+def test_provider_over_tcp_from_udp_switch(lab: Lab) -> None:
+    """Contact ;transport=tcp: the proxy opens TCP to the provider; ACK and BYE reuse it.
+
+    One call: SIPp as a TCP server answers only on the first connection it accepted, and
+    each relay worker opens a connection of its own.
+    """
+    uas = lab.provider(lab.prov_b, "uas_provider_ok.xml", transport="t1")
+    res = lab.call("uac_call.xml", VIA_TCP)
+    got = uas.wait()
+    assert (res.successful, res.failed) == (1, 0), res
+    assert got.successful == 1, got
+    rr = got.received("INVITE")[0].header("Record-Route")
+    assert rr == [f"<sip:{PROXY_IP}:5060;transport=tcp;lr>", f"<sip:{PROXY_IP}:5060;lr>"]
 
 
 def test_identity_embedded_in_contact(lab: Lab) -> None:

@@ -347,14 +347,15 @@ class Worker:
         self._handoff = sock
         self.loop.add_reader(sock.fileno(), self._on_handoff)
 
-    def _send_handoff(self, owner: int, data: bytes, remote: Address, local: Address) -> None:
+    def _send_handoff(self, owner: int, data: bytes, flow: Flow) -> None:
         assert self._handoff is not None
-        head = f"{remote[0]}\0{remote[1]}\0{local[0]}\0{local[1]}\0".encode()
+        remote, local = flow.remote, flow.local
+        head = f"{flow.transport}\0{remote[0]}\0{remote[1]}\0{local[0]}\0{local[1]}\0".encode()
         try:
             self._handoff.sendto(head + data, self._handoff_name(owner))
         except OSError:
             # the owner is restarting or overloaded: handle it here rather than lose it
-            self._receive(data, Flow("udp", remote, local))
+            self._receive(data, flow)
 
     def _on_handoff(self) -> None:
         assert self._handoff is not None
@@ -363,8 +364,9 @@ class Worker:
                 packet = self._handoff.recv(70000)
             except BlockingIOError:
                 return
-            rip, rport, lip, lport, data = packet.split(b"\0", 4)
-            self._receive(data, Flow("udp", (rip.decode(), int(rport)), (lip.decode(), int(lport))))
+            transport, rip, rport, lip, lport, data = packet.split(b"\0", 5)
+            remote = (rip.decode(), int(rport))
+            self._receive(data, Flow(transport.decode(), remote, (lip.decode(), int(lport))))
 
     # -- receiving ---------------------------------------------------------------------------------
 
@@ -372,14 +374,22 @@ class Worker:
         if ep.shared and self.workers > 1:
             owner = owner_of(data, self.workers)
             if owner is not None and owner != self.index:
-                self._send_handoff(owner, data, remote, ep.local)
+                self._send_handoff(owner, data, Flow("udp", remote, ep.local))
                 return
         if data in (b"\r\n\r\n", b"\r\n"):
             return  # a keepalive over UDP: nothing to do
         self._receive(data, Flow("udp", remote, ep.local))
 
     def _on_stream_message(self, conn: StreamConnection, data: bytes) -> None:
-        self._receive(data, Flow(conn.name, conn.remote, conn.local, conn.id))
+        flow = Flow(conn.name, conn.remote, conn.local, conn.id)
+        if self.workers > 1 and data.startswith(b"SIP/2.0 "):
+            # a peer may answer over a connection another worker holds (one socket for all,
+            # like SIPp -t t1): the response goes to the worker named in our Via branch
+            owner = owner_of(data, self.workers)
+            if owner is not None and owner != self.index:
+                self._send_handoff(owner, data, flow)
+                return
+        self._receive(data, flow)
 
     def _on_stream_closed(self, conn: StreamConnection) -> None:
         self.streams.remove(conn)
