@@ -521,6 +521,8 @@ class ProxyCore:
             return
         # RFC 3261 §16.7 step 1 / §16.11: a response for no transaction (a late 2xx
         # retransmission) is forwarded statelessly when its top Via is ours.
+        log.debug("worker %d: %d %s from %s:%d to %s:%d matches no transaction (%s)",
+                  self.worker, resp.status, resp.cseq.method, *flow.remote, *flow.local, key[0])
         if resp.cseq.method == "INVITE" and 200 <= resp.status < 300:
             self.forward_response_statelessly(resp)
 

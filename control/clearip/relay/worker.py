@@ -30,6 +30,7 @@ from clearip.config import Config, ConfigError, load_config
 from clearip.relay.core import ProxyCore
 from clearip.relay.counters import Counters
 from clearip.relay.events import Address, Flow, Send
+from clearip.relay.handoff import Handoff
 from clearip.relay.streams import ConnectionTable, StreamConnection
 from clearip.relay.upstream import UpstreamLink
 from clearip.trust import TrustList, load_state
@@ -123,7 +124,7 @@ class Worker:
         self._pending_connects: dict[tuple[str, str, int], list[Send]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._handoff: socket.socket | None = None
+        self.handoff: Handoff | None = None
         self._route_cache: dict[str, str] = {}
         self._resolved: dict[str, str] = {}
         self._tls_server: ssl.SSLContext | None = None
@@ -222,7 +223,7 @@ class Worker:
             for lst in cfg.listen.tls:
                 await self._open_stream_server("tls", (lst.host, lst.port), self._tls_server)
         if self.workers > 1:
-            self._open_handoff()
+            self.handoff = Handoff(self.loop, os.getppid(), self.index, self._receive)
         source = next((t.host for t in cfg.listen.tcp if not _wildcard(t.host)), None)
         self.link = UpstreamLink(
             cfg.clearip,
@@ -319,6 +320,8 @@ class Worker:
         for ep in self.udp.values():
             if ep.transport is not None:
                 ep.transport.close()
+        if self.handoff is not None:
+            self.handoff.close()
         self._stop.set()
 
     async def wait_stopped(self) -> None:
@@ -330,64 +333,29 @@ class Worker:
             assert self.loop is not None
             self.streams.close_idle(self.loop.time(), self.config.limits.tcp_idle_timeout)
 
-    # -- hand-off between workers ------------------------------------------------------------------
-
-    def _handoff_name(self, index: int) -> bytes:
-        return f"\0clearip-{os.getppid()}-{index}".encode()
-
-    def _open_handoff(self) -> None:
-        assert self.loop is not None
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(self._handoff_name(self.index))
-        sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        except OSError:
-            pass
-        self._handoff = sock
-        self.loop.add_reader(sock.fileno(), self._on_handoff)
-
-    def _send_handoff(self, owner: int, data: bytes, flow: Flow) -> None:
-        assert self._handoff is not None
-        remote, local = flow.remote, flow.local
-        head = f"{flow.transport}\0{remote[0]}\0{remote[1]}\0{local[0]}\0{local[1]}\0".encode()
-        try:
-            self._handoff.sendto(head + data, self._handoff_name(owner))
-        except OSError:
-            # the owner is restarting or overloaded: handle it here rather than lose it
-            self._receive(data, flow)
-
-    def _on_handoff(self) -> None:
-        assert self._handoff is not None
-        for _ in range(64):
-            try:
-                packet = self._handoff.recv(70000)
-            except BlockingIOError:
-                return
-            transport, rip, rport, lip, lport, data = packet.split(b"\0", 5)
-            remote = (rip.decode(), int(rport))
-            self._receive(data, Flow(transport.decode(), remote, (lip.decode(), int(lport))))
-
     # -- receiving ---------------------------------------------------------------------------------
 
     def on_datagram(self, ep: UdpEndpoint, data: bytes, remote: Address) -> None:
-        if ep.shared and self.workers > 1:
-            owner = owner_of(data, self.workers)
-            if owner is not None and owner != self.index:
-                self._send_handoff(owner, data, Flow("udp", remote, ep.local))
-                return
         if data in (b"\r\n\r\n", b"\r\n"):
             return  # a keepalive over UDP: nothing to do
-        self._receive(data, Flow("udp", remote, ep.local))
+        flow = Flow("udp", remote, ep.local)
+        # On the shared port anything may belong to another worker; on our own port only a
+        # response can (peers that answer to where the call started rather than to our Via).
+        if self.handoff is not None and (ep.shared or data.startswith(b"SIP/2.0 ")):
+            owner = owner_of(data, self.workers)
+            if owner is not None and owner != self.index:
+                self.handoff.send(owner, data, flow)
+                return
+        self._receive(data, flow)
 
     def _on_stream_message(self, conn: StreamConnection, data: bytes) -> None:
         flow = Flow(conn.name, conn.remote, conn.local, conn.id)
-        if self.workers > 1 and data.startswith(b"SIP/2.0 "):
+        if self.handoff is not None and data.startswith(b"SIP/2.0 "):
             # a peer may answer over a connection another worker holds (one socket for all,
             # like SIPp -t t1): the response goes to the worker named in our Via branch
             owner = owner_of(data, self.workers)
             if owner is not None and owner != self.index:
-                self._send_handoff(owner, data, flow)
+                self.handoff.send(owner, data, flow)
                 return
         self._receive(data, flow)
 
@@ -552,6 +520,7 @@ class Worker:
         snap = self.counters.snapshot()
         snap["listeners"] = self.listeners
         snap["upstream"] = self.link.status() if self.link else {"state": "down"}
+        snap["handoff_local"] = self.handoff.overflow if self.handoff else 0
         snap["transactions"] = {
             "server": len(self.core.server_txs),
             "client": len(self.core.client_txs),

@@ -1,0 +1,146 @@
+"""Passing a message to the worker that owns its call (datagrams between relay workers).
+
+Every worker binds an abstract Unix datagram socket named after the supervisor and its index.
+A worker that reads a message belonging to another sends it there with the flow it came on.
+A Unix datagram queue is short (net.unix.max_dgram_qlen, often 10), so a burst must wait in a
+local queue until the owner drains its socket: handling the message locally instead would split
+a call across workers, and peers that answer to the address a call started from would then
+answer the wrong worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+
+from clearip.relay.events import Flow
+
+log = logging.getLogger("clearip.handoff")
+
+# Messages one worker may hold for a slow peer before it handles them itself.
+MAX_PENDING = 20000
+MAX_PACKET = 70000  # a SIP message (65535) plus the flow header
+
+
+def socket_name(group: int, index: int) -> bytes:
+    return f"\0clearip-{group}-{index}".encode()
+
+
+def encode(data: bytes, flow: Flow) -> bytes:
+    (rip, rport), (lip, lport) = flow.remote, flow.local
+    return f"{flow.transport}\0{rip}\0{rport}\0{lip}\0{lport}\0".encode() + data
+
+
+def decode(packet: bytes) -> tuple[bytes, Flow]:
+    transport, rip, rport, lip, lport, data = packet.split(b"\0", 5)
+    flow = Flow(transport.decode(), (rip.decode(), int(rport)), (lip.decode(), int(lport)))
+    return data, flow
+
+
+class Handoff:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        group: int,
+        index: int,
+        deliver: Callable[[bytes, Flow], None],
+    ) -> None:
+        self.loop = loop
+        self.group = group
+        self.index = index
+        self.deliver = deliver  # handles a message in this worker
+        self.peers: dict[int, socket.socket] = {}
+        self.pending: dict[int, deque[bytes]] = {}
+        self.overflow = 0  # handled locally because a peer was gone or far behind
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(socket_name(group, index))
+        self.sock.setblocking(False)
+        loop.add_reader(self.sock.fileno(), self._readable)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        for owner, peer in self.peers.items():
+            if self.pending.get(owner):
+                self.loop.remove_writer(peer.fileno())
+            peer.close()
+
+    def send(self, owner: int, data: bytes, flow: Flow) -> None:
+        peer = self._peer(owner)
+        if peer is None:
+            self._local(data, flow)
+            return
+        queue = self.pending.get(owner)
+        if queue:  # keep the order: behind what is already waiting
+            if len(queue) >= MAX_PENDING:
+                self._local(data, flow)
+                return
+            queue.append(encode(data, flow))
+            return
+        try:
+            peer.send(encode(data, flow))
+        except BlockingIOError:
+            self.pending[owner] = deque([encode(data, flow)])
+            self.loop.add_writer(peer.fileno(), self._writable, owner)
+        except OSError:
+            self._drop_peer(owner)
+            self._local(data, flow)
+
+    def _peer(self, owner: int) -> socket.socket | None:
+        peer = self.peers.get(owner)
+        if peer is None:
+            peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            peer.setblocking(False)
+            try:
+                # connected, so that poll() reports when the owner's queue has room
+                peer.connect(socket_name(self.group, owner))
+            except OSError:
+                peer.close()
+                return None
+            self.peers[owner] = peer
+        return peer
+
+    def _drop_peer(self, owner: int) -> None:
+        peer = self.peers.pop(owner, None)
+        if peer is not None:
+            if self.pending.get(owner):
+                self.loop.remove_writer(peer.fileno())
+            peer.close()
+        for packet in self.pending.pop(owner, ()):
+            self._local(*decode(packet))
+
+    def _writable(self, owner: int) -> None:
+        peer = self.peers.get(owner)
+        queue = self.pending.get(owner)
+        if peer is None or not queue:
+            return
+        while queue:
+            try:
+                peer.send(queue[0])
+            except BlockingIOError:
+                return
+            except OSError:
+                self._drop_peer(owner)  # the owner restarted: its calls are gone with it
+                return
+            queue.popleft()
+        self.loop.remove_writer(peer.fileno())
+
+    def _local(self, data: bytes, flow: Flow) -> None:
+        self.overflow += 1
+        self.deliver(data, flow)
+
+    def _readable(self) -> None:
+        for _ in range(256):
+            try:
+                packet = self.sock.recv(MAX_PACKET)
+            except BlockingIOError:
+                return
+            try:
+                data, flow = decode(packet)
+            except ValueError:
+                log.warning("malformed hand-off packet dropped")
+                continue
+            self.deliver(data, flow)
