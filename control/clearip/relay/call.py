@@ -304,7 +304,7 @@ class Call:
         req = self.invite.copy()
         assert isinstance(req, Request)
         if retarget:
-            req.set_uri(str(cand.uri))
+            req.set_uri(cand.request_uri)
             apply_headers(req, [*self.copy_headers, *cand.headers])
         req.decrement_max_forwards()
         rr_in = core.rr_uri(self.flow.transport, self.flow.remote[0])
@@ -465,9 +465,9 @@ class Call:
 
     def _relay(self, resp: Response, now: float, *, final: bool = True) -> None:
         """Pass a response to the caller without our Via; reason phrase and Reason untouched."""
-        out = resp.copy()
-        assert isinstance(out, Response)
-        out.pop_first_value("via")
+        # each response object is relayed at most once, so it is edited in place
+        resp.pop_first_value("via")
+        out = resp
         if final and resp.status >= 200:
             self._finish(resp.status, now)
         self.core.respond(self.server, out, now)

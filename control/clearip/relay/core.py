@@ -152,7 +152,10 @@ class ProxyCore:
                 max_headers=self.config.limits.max_headers,
                 framed=flow.transport != "udp",
             )
-            msg.check()
+            if isinstance(msg, Response):
+                msg.check_response_routing()
+            else:
+                msg.check()
         except SipProtocolError as e:
             self._malformed(data, flow, e)
             return

@@ -94,8 +94,7 @@ class Relay:
     def on_tx_message(self, rec: TxRecord, msg: Request | Response, now: float) -> None:
         if not isinstance(msg, Response) or msg.status == 100:
             return  # 100 Trying is hop-by-hop
-        out = msg.copy()
-        assert isinstance(out, Response)
+        out = msg  # relayed once: edited in place
         out.pop_first_value("via")
         if msg.status >= 200:
             self.answered = True

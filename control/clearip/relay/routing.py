@@ -45,6 +45,11 @@ class Candidate:
     target: Target
     headers: list[tuple[str, str]]  # embedded `?name=value` headers that are allowed through
     q: float
+    request_uri: str = ""  # `uri` as text (the Contact as written when it had no headers)
+
+    def __post_init__(self) -> None:
+        if not self.request_uri:
+            self.request_uri = str(self.uri)
 
 
 def default_port(transport: str) -> int:
@@ -80,7 +85,8 @@ def order_contacts(contacts: list[NameAddr], max_contacts: int) -> list[Candidat
             log.warning("skipping unusable Contact in redirect: %s", e.reason)
             continue
         headers = [(name, value) for name, value in uri.headers if _allowed_header(name)]
-        usable.append(Candidate(uri.without_headers(), target, headers, q))
+        text = contact.uri if not uri.headers else str(uri.without_headers())
+        usable.append(Candidate(uri.without_headers(), target, headers, q, text))
     # sorted() is stable, so equal q-values keep the order ClearIP gave
     return sorted(usable, key=lambda c: -c.q)[:max_contacts]
 

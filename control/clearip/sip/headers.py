@@ -194,17 +194,31 @@ def _decode(value: bytes) -> str:
     return value.decode("utf-8", "surrogateescape")
 
 
+_PARAM_NAMES: dict[str, str] = {}  # name as written -> lower case, for valid names only
+_PARAM_NAMES_MAX = 1024
+
+
 def parse_params(text: str, where: str) -> dict[str, str | None]:
     """Parse `;name=value;flag` generic parameters (RFC 3261 §25.1 generic-param)."""
     params: dict[str, str | None] = {}
     if not text:
         return params
-    for item in _split_semicolons(text):
+    names = _PARAM_NAMES
+    for item in text.split(";") if '"' not in text else _split_semicolons(text):
         name, eq, val = item.partition("=")
-        name = name.strip(" \t")
-        if not name or not is_token(name.encode("utf-8", "surrogateescape")):
-            raise SipProtocolError(f"bad parameter in {where}")
-        params[name.lower()] = val.strip(" \t") if eq else None
+        key = names.get(name)
+        if key is None:
+            stripped = name.strip(" \t")
+            if not stripped:
+                if not eq and not val and not item.strip(" \t"):
+                    continue  # ";;" — an empty parameter is skipped, as before
+                raise SipProtocolError(f"bad parameter in {where}")
+            if not is_token(stripped.encode("utf-8", "surrogateescape")):
+                raise SipProtocolError(f"bad parameter in {where}")
+            key = stripped.lower()
+            if len(names) < _PARAM_NAMES_MAX:
+                names[name] = key
+        params[key] = val.strip(" \t") if eq else None
     return params
 
 

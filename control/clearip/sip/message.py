@@ -14,6 +14,7 @@ from typing import Any
 from clearip.sip import limits
 from clearip.sip.errors import SipProtocolError
 from clearip.sip.headers import (
+    _KEY_CACHE,
     LIST_HEADERS,
     CSeq,
     NameAddr,
@@ -77,12 +78,11 @@ class SipMessage:
 
     def get(self, name: str) -> bytes | None:
         """Value of the first header line named `name` (any case, compact form allowed)."""
-        key = header_key(name)
-        keys = self._keys
-        for i in range(len(keys)):
-            if keys[i] == key:
-                return self._value_at(i)
-        return None
+        try:
+            i = self._keys.index(header_key(name))
+        except ValueError:
+            return None
+        return self._value_at(i)
 
     def get_all(self, name: str) -> list[bytes]:
         """Values of every line named `name`, list headers split into their elements."""
@@ -112,68 +112,119 @@ class SipMessage:
 
     @property
     def vias(self) -> list[Via]:
-        return self._cached("via", lambda: [parse_via(v) for v in self.get_all("via")])
+        try:
+            return self._cache["via"]  # type: ignore[no-any-return]
+        except KeyError:
+            vias = self._cache["via"] = [parse_via(v) for v in self.get_all("via")]
+            return vias
 
     @property
     def top_via(self) -> Via:
-        vias = self.vias
-        if not vias:
-            raise SipProtocolError("missing Via header")
-        return vias[0]
+        """The first Via only: what transactions and response routing need (cheaper than vias)."""
+        cache = self._cache
+        try:
+            return cache["top-via"]  # type: ignore[no-any-return]
+        except KeyError:
+            pass
+        if "via" in cache:
+            vias = cache["via"]
+            if not vias:
+                raise SipProtocolError("missing Via header")
+            top = vias[0]
+        else:
+            value = self.get("via")
+            if value is None:
+                raise SipProtocolError("missing Via header")
+            if b"," in value:
+                first = split_list(value)
+                if not first:
+                    raise SipProtocolError("missing Via header")
+                value = first[0]
+            top = parse_via(value)
+        cache["top-via"] = top
+        return top
 
     @property
     def cseq(self) -> CSeq:
-        return self._cached("cseq", lambda: parse_cseq(self._single("cseq")))
+        try:
+            return self._cache["cseq"]  # type: ignore[no-any-return]
+        except KeyError:
+            cseq = self._cache["cseq"] = parse_cseq(self._single("cseq"))
+            return cseq
 
     @property
     def call_id(self) -> str:
-        def make() -> str:
-            value = self._single("call-id")
-            # visible ASCII: `<`, `>` and `"` are word characters too (RFC 4475 §3.1.1.2)
-            if not value or not value.isascii() or value.translate(None, _CTL_OR_SPACE) != value:
-                raise SipProtocolError("malformed Call-ID")
-            return value.decode("utf-8", "surrogateescape")
-
-        return self._cached("call-id", make)
+        try:
+            return self._cache["call-id"]  # type: ignore[no-any-return]
+        except KeyError:
+            pass
+        value = self._single("call-id")
+        # visible ASCII: `<`, `>` and `"` are word characters too (RFC 4475 §3.1.1.2)
+        if not value or not value.isascii() or value.translate(None, _CTL_OR_SPACE) != value:
+            raise SipProtocolError("malformed Call-ID")
+        call_id = self._cache["call-id"] = value.decode("utf-8", "surrogateescape")
+        return call_id
 
     @property
     def from_(self) -> NameAddr:
-        return self._cached("from", lambda: parse_name_addr(self._single("from"), "From"))
+        try:
+            return self._cache["from"]  # type: ignore[no-any-return]
+        except KeyError:
+            addr = self._cache["from"] = parse_name_addr(self._single("from"), "From")
+            return addr
 
     @property
     def to(self) -> NameAddr:
-        return self._cached("to", lambda: parse_name_addr(self._single("to"), "To"))
+        try:
+            return self._cache["to"]  # type: ignore[no-any-return]
+        except KeyError:
+            addr = self._cache["to"] = parse_name_addr(self._single("to"), "To")
+            return addr
 
     @property
     def contacts(self) -> list[NameAddr] | StarContact:
-        return self._cached("contact", lambda: parse_contact_list(self.get_all("contact")))
+        try:
+            return self._cache["contact"]  # type: ignore[no-any-return]
+        except KeyError:
+            contacts = self._cache["contact"] = parse_contact_list(self.get_all("contact"))
+            return contacts
 
     @property
     def routes(self) -> list[NameAddr]:
-        return self._cached(
-            "route", lambda: [parse_name_addr(v, "Route") for v in self.get_all("route")]
-        )
+        try:
+            return self._cache["route"]  # type: ignore[no-any-return]
+        except KeyError:
+            pass
+        routes = [] if "route" not in self._keys else [
+            parse_name_addr(v, "Route") for v in self.get_all("route")
+        ]
+        self._cache["route"] = routes
+        return routes
 
     @property
     def record_routes(self) -> list[NameAddr]:
-        return self._cached(
-            "record-route",
-            lambda: [parse_name_addr(v, "Record-Route") for v in self.get_all("record-route")],
-        )
+        try:
+            return self._cache["record-route"]  # type: ignore[no-any-return]
+        except KeyError:
+            rrs = [parse_name_addr(v, "Record-Route") for v in self.get_all("record-route")]
+            self._cache["record-route"] = rrs
+            return rrs
 
     @property
     def max_forwards(self) -> int | None:
-        def make() -> int | None:
-            value = self.get("max-forwards")
-            if value is None:
-                return None
+        try:
+            return self._cache["max-forwards"]  # type: ignore[no-any-return]
+        except KeyError:
+            pass
+        value = self.get("max-forwards")
+        hops = None
+        if value is not None:
             # RFC 3261 §20.22: "an integer in the range 0-255" (RFC 4475 §3.1.2.4)
             hops = ascii_uint(value, 255)
             if hops is None:
                 raise SipProtocolError("malformed Max-Forwards")
-            return hops
-
-        return self._cached("max-forwards", make)
+        self._cache["max-forwards"] = hops
+        return hops
 
     @property
     def content_length(self) -> int | None:
@@ -194,7 +245,8 @@ class SipMessage:
             if n != 1 and (n or key in _SINGLE_HEADERS):
                 what = "missing" if n == 0 else "duplicate"
                 raise SipProtocolError(f"{what} {key.title()} header")
-        self.top_via  # noqa: B018 - parses every Via
+        if not self.vias:  # every Via: a malformed one below ours is still a bad message
+            raise SipProtocolError("missing Via header")
         self.call_id  # noqa: B018
         cseq = self.cseq
         if self.is_request and cseq.method != self.method:  # type: ignore[attr-defined]
@@ -202,6 +254,15 @@ class SipMessage:
         self.from_  # noqa: B018
         self.to  # noqa: B018
         self.max_forwards  # noqa: B018
+
+    def check_response_routing(self) -> None:
+        """What a proxy needs to route a response (RFC 3261 §16.7): top Via, CSeq, Call-ID.
+
+        Lighter than check(): a proxy relays responses; their From/To are the endpoints'.
+        """
+        self.top_via  # noqa: B018
+        self.cseq  # noqa: B018
+        self.call_id  # noqa: B018
 
     # -- editing ------------------------------------------------------------------------------
 
@@ -420,6 +481,11 @@ def _content_length(msg: SipMessage) -> int | None:
     keys = msg._keys
     if "content-length" not in keys:
         return None
+    if keys.count("content-length") == 1:
+        value = ascii_uint(msg._value_at(keys.index("content-length")), 0xFFFFFFFF)
+        if value is None:
+            raise SipProtocolError("malformed Content-Length")
+        return value
     declared: int | None = None
     for i, key in enumerate(keys):
         if key == "content-length":
@@ -477,6 +543,44 @@ def parse_message(
     first_line = raw_lines[0]
     if len(first_line) > limits.MAX_START_LINE_BYTES:
         raise SipProtocolError("start line too long", 414)
+    if b"\r\n " in head or b"\r\n\t" in head:
+        lines, keys = _folded_header_lines(raw_lines, max_headers)
+    else:
+        # no folding (nearly every message): one line per header
+        lines = raw_lines[1:]
+        if len(lines) > max_headers:
+            raise SipProtocolError(f"more than {max_headers} header lines")
+        keys = []
+        cache = _KEY_CACHE
+        for raw in lines:
+            colon = raw.find(b":")
+            if colon <= 0:
+                raise SipProtocolError(f"header line without a name and colon: {_show(raw)}")
+            name = raw[:colon]
+            key = cache.get(name)
+            keys.append(key if key is not None else header_key(name.rstrip(b" \t")))
+        if lines and max(map(len, lines)) > limits.MAX_LINE_BYTES:
+            raise SipProtocolError("header line too long")
+    crlfs = len(raw_lines) - 1
+    if head.count(b"\n") != crlfs or head.count(b"\r") != crlfs:
+        raise SipProtocolError("bare CR or LF in the header section")
+    msg = _parse_start_line(first_line, lines, keys, body)
+    if not framed:
+        declared = _content_length(msg)
+        if declared is not None:
+            if declared > len(body):
+                raise SipProtocolError(
+                    f"body shorter than Content-Length ({len(body)} < {declared})"
+                )
+            if declared < len(body):
+                msg.body = body[:declared]  # RFC 3261 §18.3: bytes past it are discarded
+    elif (declared := _content_length(msg)) is not None and declared != len(body):
+        raise SipProtocolError("Content-Length does not match the framed body")
+    return msg
+
+
+def _folded_header_lines(raw_lines: list[bytes], max_headers: int) -> tuple[list[bytes], list[str]]:
+    """Header lines with continuation lines (RFC 3261 §7.3.1 folding) joined to theirs."""
     lines: list[bytes] = []
     keys: list[str] = []
     for raw in raw_lines[1:]:
@@ -496,22 +600,7 @@ def parse_message(
         lines.append(raw)
         if len(lines) > max_headers:
             raise SipProtocolError(f"more than {max_headers} header lines")
-    crlfs = len(raw_lines) - 1
-    if head.count(b"\n") != crlfs or head.count(b"\r") != crlfs:
-        raise SipProtocolError("bare CR or LF in the header section")
-    msg = _parse_start_line(first_line, lines, keys, body)
-    if not framed:
-        declared = _content_length(msg)
-        if declared is not None:
-            if declared > len(body):
-                raise SipProtocolError(
-                    f"body shorter than Content-Length ({len(body)} < {declared})"
-                )
-            if declared < len(body):
-                msg.body = body[:declared]  # RFC 3261 §18.3: bytes past it are discarded
-    elif (declared := _content_length(msg)) is not None and declared != len(body):
-        raise SipProtocolError("Content-Length does not match the framed body")
-    return msg
+    return lines, keys
 
 
 def _parse_start_line(
