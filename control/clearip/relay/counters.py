@@ -30,7 +30,7 @@ OTHER_SOURCE = "other"
 
 
 class Counters:
-    __slots__ = ("_rtt", "attestation", "finals", "sources", "values")
+    __slots__ = ("_rtt", "attestation", "finals", "latency", "sources", "values")
 
     def __init__(self, max_sources: int = MAX_SOURCES) -> None:
         self.values: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
@@ -39,6 +39,9 @@ class Counters:
         self.finals: dict[int, int] = {}  # final response codes sent to callers
         self.attestation: dict[str, int] = {}  # STIR/SHAKEN attest level -> calls
         self._rtt: deque[float] = deque(maxlen=4096)  # recent ClearIP round trips, ms
+        # time from reading a message to having sent what it caused, seconds: the delay the
+        # relay itself adds (the last ~10 s at a few thousand messages a second)
+        self.latency: deque[float] = deque(maxlen=65536)
 
     def inc(self, name: str, n: int = 1) -> None:
         self.values[name] += n
@@ -71,6 +74,17 @@ class Counters:
             "p99": round(samples[min(len(samples) - 1, int(len(samples) * 0.99))], 3),
         }
 
+    def latency_percentiles(self) -> dict[str, float | int | None]:
+        samples = sorted(self.latency)
+        if not samples:
+            return {"p50_ms": None, "p99_ms": None, "samples": 0}
+        n = len(samples)
+        return {
+            "p50_ms": round(samples[n // 2] * 1000.0, 3),
+            "p99_ms": round(samples[min(n - 1, int(n * 0.99))] * 1000.0, 3),
+            "samples": n,
+        }
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "counters": dict(self.values),
@@ -78,4 +92,5 @@ class Counters:
             "finals": {str(k): v for k, v in sorted(self.finals.items())},
             "attestation": dict(self.attestation),
             "clearip_rtt_ms": self.rtt_percentiles(),
+            "latency": self.latency_percentiles(),
         }

@@ -25,6 +25,7 @@ import ssl
 import subprocess
 import sys
 import zlib
+from time import perf_counter
 from typing import Any
 
 from clearip.config import Config, ConfigError, load_config
@@ -58,12 +59,20 @@ def owner_of(data: bytes, workers: int) -> int | None:
     return zlib.crc32(m.group(1).strip()) % workers  # stable across processes, unlike hash()
 
 
+_IP_LITERALS: dict[str, bool] = {}  # host text -> is an IP literal (every send asks)
+
+
 def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    known = _IP_LITERALS.get(host)
+    if known is None:
+        try:
+            ipaddress.ip_address(host)
+            known = True
+        except ValueError:
+            known = False
+        if len(_IP_LITERALS) < 65536:
+            _IP_LITERALS[host] = known
+    return known
 
 
 def _wildcard(host: str) -> bool:
@@ -131,6 +140,7 @@ class Worker:
         self._tls_server: ssl.SSLContext | None = None
         self._stop = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._latency = self.counters.latency.append
         self.apply_trust()
 
     # -- Environment -------------------------------------------------------------------------------
@@ -377,13 +387,18 @@ class Worker:
         self._flush()
 
     def _receive(self, data: bytes, flow: Flow) -> None:
-        assert self.loop is not None
+        started = perf_counter()
         try:
-            self.core.receive(data, flow, self.loop.time())
+            self.core.receive(data, flow, self._now())
         except Exception:  # a bug must cost one message, never the worker or its timers
             log.exception("internal error handling a message from %s:%d", *flow.remote)
             self.counters.inc("internal_errors")
         self._flush()
+        self._latency(perf_counter() - started)
+
+    def _now(self) -> float:
+        assert self.loop is not None
+        return self.loop.time()
 
     def _on_timer(self) -> None:
         assert self.loop is not None
