@@ -13,6 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from clearip.stir import (
+    attest_level,
     canonical_tn,
     generate_key,
     identity_header,
@@ -223,3 +224,12 @@ def test_key_save_load(tmp_path: Path) -> None:
 def test_canonical_tn() -> None:
     assert canonical_tn("+1 (202) 555-0123") == "12025550123"
     assert canonical_tn("") == ""
+
+
+def test_attest_level_reads_only_the_claim() -> None:
+    key = generate_key()
+    for level in ("A", "B", "C"):
+        jws = sign_passport(key, attest=level, orig_tn="1303", dest_tns=["1202"], x5u="https://x")
+        assert attest_level(identity_header(jws, "https://x")) == level
+    assert attest_level("not a passport") is None
+    assert attest_level(b"a.!!!.b;info=<x>") is None

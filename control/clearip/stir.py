@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import string
 import time
 import uuid
@@ -296,3 +297,27 @@ def save_key(key: ec.EllipticCurvePrivateKey, path: str | os.PathLike[str]) -> N
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
+
+
+_ATTEST = re.compile(rb'"attest"\s*:\s*"([A-Za-z])"')
+
+
+def attest_level(value: str | bytes) -> str | None:
+    """Just the `attest` claim of an Identity header's PASSporT ("A", "B", "C"), or None.
+
+    The relay counts the attestation mix for every call (SPEC §6): this decodes only the
+    payload and looks for the one claim, several times cheaper than parse_identity().
+    """
+    if isinstance(value, str):
+        value = value.encode("utf-8", "replace")
+    jws = value.partition(b";")[0].strip(b" \t")
+    parts = jws.split(b".")
+    if len(parts) != 3 or not parts[1] or len(parts[1]) > MAX_LINE_BYTES:
+        return None
+    payload = parts[1]
+    try:
+        claims = base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4))
+    except (ValueError, binascii.Error):
+        return None
+    m = _ATTEST.search(claims)
+    return m.group(1).decode().upper() if m else None

@@ -27,6 +27,7 @@ from clearip.relay.routing import (
 from clearip.sip.errors import SipProtocolError
 from clearip.sip.message import Request, Response, build_response
 from clearip.sip.uri import SipUri, parse_uri, user_number
+from clearip.stir import attest_level
 
 if TYPE_CHECKING:
     from clearip.relay.core import ProxyCore, TxRecord
@@ -275,12 +276,7 @@ class Call:
                     break
         if identity is None:
             return
-        try:
-            from clearip.stir import parse_identity
-
-            level = parse_identity(identity).attest or "?"
-        except (ImportError, ValueError):
-            level = "?"
+        level = attest_level(identity) or "?"
         self.log.attest = level
         self.core.counters.attest(level)
 

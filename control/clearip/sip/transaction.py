@@ -291,7 +291,13 @@ class _Transaction:
     @property
     def deadline(self) -> float | None:
         """The earliest pending timer (absolute time), None when none is armed."""
-        return min((due for due, _ in self._timers.values()), default=None)
+        timers = self._timers
+        if not timers:
+            return None
+        if len(timers) == 1:
+            for due, _ in timers.values():
+                return due
+        return min(due for due, _ in timers.values())
 
     def _next(self, event: str, *, local: bool) -> str | None:
         """The state `event` leads to; None (absorb) for peer input with no entry."""
