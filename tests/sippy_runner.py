@@ -388,7 +388,8 @@ def start_sipp(
     argv += list(extra or [])
     screen = open(workdir / "screen.log", "wb")  # noqa: SIM115 - handed to the child
     try:
-        proc = host.popen(argv, stdout=screen, stderr=subprocess.STDOUT)
+        # cwd: sipp drops files of its own (e.g. a -trace_stat CSV) where it runs
+        proc = host.popen(argv, stdout=screen, stderr=subprocess.STDOUT, cwd=workdir)
     finally:
         screen.close()
     proc.log_path = workdir / "screen.log"  # type: ignore[attr-defined]
