@@ -349,6 +349,36 @@ def test_untrusted_source_is_dropped(lab: Lab) -> None:
     assert delta(before, lab.counters())["dropped_untrusted"] >= 1
 
 
+def ctl(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(REPO / ".venv" / "bin" / "clearipctl"), *args, "--config", str(lab.config)],
+        capture_output=True, text=True, timeout=15,
+    )  # fmt: skip
+
+
+def test_allow_and_deny_act_live(lab: Lab) -> None:
+    def options_answered() -> bool:
+        res = run_sipp(lab.rogue, "uac_options.xml", remote=f"{PROXY_IP}:5060",
+                       service=OUTBOUND, timeout=3)  # fmt: skip
+        return res.successful == 1
+
+    assert not options_answered()
+    done = ctl(lab, "allow", ROGUE_IP, "--note", "lab rogue")
+    assert done.returncode == 0, done.stderr
+    assert "applied to the running proxy" in done.stdout
+    assert options_answered()
+    listed = json.loads(ctl(lab, "trusted", "--json").stdout)
+    entry = next(e for e in listed if e["cidr"] == f"{ROGUE_IP}/32")
+    assert entry["origin"] == "state" and entry["note"] == "lab rogue"
+    assert entry["counters"]["messages_in"] >= 1
+    assert ctl(lab, "deny", ROGUE_IP).returncode == 0
+    assert not options_answered()
+    refused = ctl(lab, "deny", ROGUE_IP)
+    assert refused.returncode == 1
+    expected = f"{ROGUE_IP}/32 is not in the trusted list (see `clearipctl trusted`)"
+    assert refused.stderr.strip() == expected
+
+
 def test_cancel_at_clearip_stage(lab: Lab) -> None:
     res = lab.call("uac_cancel_early.xml", SLOW)
     assert (res.successful, res.failed) == (1, 0), res

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import os
 import sys
@@ -16,9 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from clearip import __version__
+from clearip import __version__, trust
 from clearip.config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_config, load_config
-from clearip.ctlsock import ControlError, request
+from clearip.ctlsock import ControlError, NotRunning, request
 
 DEFAULT_CONFIG = DEFAULT_CONFIG_PATH
 RELOAD_REQUEST_TIMEOUT = 30.0  # the supervisor waits up to 10 s per worker
@@ -170,6 +171,106 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# allow / deny / trusted: through the running proxy (all enforcers at once), or, when it is
+# stopped, in the state file it restores the list from at start (SPEC §2, §5).
+
+
+def _cidr_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("cidr", metavar="CIDR", help="an address (= /32 or /128) or a CIDR")
+
+
+def _allow_arguments(parser: argparse.ArgumentParser) -> None:
+    _cidr_arguments(parser)
+    parser.add_argument("--note", default="", help="who or what this is, shown by `trusted`")
+
+
+def _trust_change(args: argparse.Namespace, op: str) -> int:
+    _path, config = load(args)
+    try:
+        cidr = trust.parse_cidr(args.cidr)
+        try:
+            result = request(
+                config.control.socket, op, cidr=str(cidr), note=getattr(args, "note", "")
+            )
+            where = "applied to the running proxy (nftables, eBPF, relay) and saved"
+        except NotRunning:
+            current = trust.entries(config.trust.sources, config.control.state_dir)
+            if op == "allow":
+                new = trust.with_added(current, cidr, args.note)
+            else:
+                new = trust.without(current, cidr)
+            trust.save_state(config.control.state_dir, new)
+            result = {"cidr": str(cidr)}
+            where = "saved; the proxy is stopped and applies it when it starts"
+    except trust.TrustError as e:
+        raise CommandError(str(e)) from None
+    verb = "trusted" if op == "allow" else "no longer trusted"
+    print(f"{verb}: {result['cidr']} ({where})")
+    return 0
+
+
+def cmd_allow(args: argparse.Namespace) -> int:
+    return _trust_change(args, "allow")
+
+
+def cmd_deny(args: argparse.Namespace) -> int:
+    return _trust_change(args, "deny")
+
+
+def _trusted_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON, for scripts")
+
+
+def cmd_trusted(args: argparse.Namespace) -> int:
+    _path, config = load(args)
+    counters: dict[str, dict[str, Any]] = {}
+    try:
+        entries = request(config.control.socket, "trusted")["entries"]
+        status = request(config.control.socket, "status")
+        sources = status.get("sources", [])
+    except NotRunning:
+        entries = trust.as_json(trust.entries(config.trust.sources, config.control.state_dir))
+        sources = []
+    for entry in entries:
+        counters[entry["cidr"]] = _sum_sources(entry["cidr"], sources)
+    if args.json:
+        print(json.dumps([{**e, "counters": counters[e["cidr"]]} for e in entries], indent=2))
+        return 0
+    if not entries:
+        print("no trusted sources: every SIP request is refused (add one with `clearipctl allow`)")
+        return 0
+    print(
+        f"{'cidr':<24} {'origin':<7} {'messages':>9} {'invites':>8} "
+        f"{'kernel pass':>11} {'kernel drop':>11}  note"
+    )
+    for e in entries:
+        c = counters[e["cidr"]]
+        print(
+            f"{e['cidr']:<24} {e['origin']:<7} {c['messages_in']:>9} {c['invites']:>8} "
+            f"{c['passed_pkts']:>11} {c['dropped_pkts']:>11}  {e['note']}"
+        )
+    return 0
+
+
+def _sum_sources(cidr: str, sources: list[dict[str, Any]]) -> dict[str, int]:
+    """The per-source counters of the addresses inside `cidr` (zeros when stopped)."""
+    net = ipaddress.ip_network(cidr)
+    total = {"messages_in": 0, "invites": 0, "passed_pkts": 0, "dropped_pkts": 0}
+    for src in sources:
+        try:
+            if ipaddress.ip_address(src["address"]) not in net:
+                continue
+        except (KeyError, ValueError, TypeError):
+            continue
+        sip, kernel = src.get("sip", {}), src.get("kernel", {})
+        total["messages_in"] += int(sip.get("messages_in", 0))
+        total["invites"] += int(sip.get("invites", 0))
+        total["passed_pkts"] += int(kernel.get("passed_pkts", 0))
+        total["dropped_pkts"] += int(kernel.get("dropped_nonsip_pkts", 0))
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
 # The table. Other SPEC §2 commands (check, allow, deny, trusted, top, capture) join here.
 
 COMMANDS: tuple[Command, ...] = (
@@ -181,6 +282,19 @@ COMMANDS: tuple[Command, ...] = (
         _status_arguments,
     ),
     Command("reload", "re-read the config without dropping calls in progress", cmd_reload),
+    Command(
+        "allow",
+        "trust a source: saved, and applied live to nftables, the eBPF map and the relay",
+        cmd_allow,
+        _allow_arguments,
+    ),
+    Command("deny", "stop trusting a source (the same way as allow)", cmd_deny, _cidr_arguments),
+    Command(
+        "trusted",
+        "list the trusted sources with their counters",
+        cmd_trusted,
+        _trusted_arguments,
+    ),
 )
 
 

@@ -56,6 +56,10 @@ class ControlError(Exception):
     """The client could not get an answer, or the proxy answered with an error. One line."""
 
 
+class NotRunning(ControlError):
+    """Nobody serves the control socket: the proxy is stopped."""
+
+
 class OpError(Exception):
     """Raised by an op handler: the request failed for a reason the operator should read."""
 
@@ -270,12 +274,12 @@ def request(socket_path: str, op: str, *, timeout: float = TIMEOUT, **args: Any)
         try:
             sock.connect(socket_path)
         except FileNotFoundError:
-            raise ControlError(
+            raise NotRunning(
                 f"proxy not running: no control socket at {socket_path} "
                 "(start it with `clearipctl run`)"
             ) from None
         except ConnectionRefusedError:
-            raise ControlError(
+            raise NotRunning(
                 f"proxy not running: nothing listens on {socket_path} "
                 "(start it with `clearipctl run`)"
             ) from None

@@ -25,7 +25,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from clearip import __version__
+from clearip import __version__, trust
 from clearip.config import Config, ConfigError, default_config, load_config
 from clearip.ctlsock import ControlError, ControlServer, Handler, OpError
 from clearip.logsetup import set_level
@@ -135,7 +135,10 @@ def _merge_upstream(stats: list[dict[str, Any]], config: Config) -> dict[str, An
 
 
 def _trust_check(config: Config) -> Callable[[str], bool]:
-    networks = config.trust.sources  # the state file's entries join here when allow/deny land
+    try:
+        networks = [e.cidr for e in trust.entries(config.trust.sources, config.control.state_dir)]
+    except (OSError, ValueError, KeyError):
+        networks = list(config.trust.sources)  # an unreadable state file: the config's part
 
     def trusted(address: str) -> bool:
         try:
@@ -325,7 +328,14 @@ class Supervisor:
             "ping": self._op_ping,
             "status": self._op_status,
             "reload": self._op_reload,
+            "allow": self._op_allow,
+            "deny": self._op_deny,
+            "trusted": self._op_trusted,
         }
+        self._trust_lock = asyncio.Lock()
+        # The kernel fast path (nftables + eBPF), when it is loaded: set by the fast-path
+        # manager; None means the relay's own check is the only enforcer.
+        self.fastpath: Any = None
         self._ctl = ControlServer(config.control.socket, self._ops)
 
     # --- lifecycle ---
@@ -689,3 +699,68 @@ class Supervisor:
 
     async def _op_reload(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self.reload()
+
+    # --- the trusted list (SPEC §2 allow/deny/trusted, §5) ---
+
+    def trusted_entries(self) -> list[trust.TrustedEntry]:
+        return trust.entries(self.config.trust.sources, self.config.control.state_dir)
+
+    async def _op_allow(self, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            cidr = trust.parse_cidr(str(args.get("cidr", "")))
+            async with self._trust_lock:
+                new = trust.with_added(self.trusted_entries(), cidr, str(args.get("note", "")))
+                await self._apply_trusted(new)
+        except trust.TrustError as e:
+            raise OpError(str(e)) from None
+        log.info("trusted %s%s", cidr, f" ({args['note']})" if args.get("note") else "")
+        return {"cidr": str(cidr), "entries": trust.as_json(new)}
+
+    async def _op_deny(self, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            cidr = trust.parse_cidr(str(args.get("cidr", "")))
+            async with self._trust_lock:
+                new = trust.without(self.trusted_entries(), cidr)
+                await self._apply_trusted(new)
+        except trust.TrustError as e:
+            raise OpError(str(e)) from None
+        log.info("no longer trusted: %s", cidr)
+        return {"cidr": str(cidr), "entries": trust.as_json(new)}
+
+    async def _op_trusted(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"entries": trust.as_json(self.trusted_entries())}
+
+    async def _apply_trusted(self, new: list[trust.TrustedEntry]) -> None:
+        """One step for every enforcer, in order, undone in reverse if any of them fails:
+        the kernel fast path, the relay workers, then the state file (SPEC §5)."""
+        old = [str(e.cidr) for e in self.trusted_entries()]
+        cidrs = [str(e.cidr) for e in new]
+        done: list[str] = []
+        try:
+            if self.fastpath is not None:
+                self.fastpath.set_trusted(cidrs)
+                done.append("fastpath")
+            await self._broadcast("trusted", cidrs=cidrs)
+            done.append("workers")
+            trust.save_state(self.config.control.state_dir, new)
+        except Exception as e:
+            log.error("trusted-list change failed, rolling back: %s", e)
+            if "workers" in done:
+                await self._broadcast("trusted", cidrs=old)
+            if "fastpath" in done:
+                self.fastpath.set_trusted(old)
+            raise OpError(f"not applied (rolled back): {e}") from None
+
+    async def _broadcast(self, op: str, **args: Any) -> None:
+        workers = [w for w in self._workers if w.is_ready]
+        results = await asyncio.gather(
+            *(w.channel.call(op, timeout=STATS_TIMEOUT, **args) for w in workers),
+            return_exceptions=True,
+        )
+        failed = [
+            f"{w.name}: {r}"
+            for w, r in zip(workers, results, strict=True)
+            if isinstance(r, BaseException)
+        ]
+        if failed:
+            raise OpError("; ".join(failed))

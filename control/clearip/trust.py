@@ -21,6 +21,54 @@ class TrustedEntry:
     origin: str  # "config" | "state"
 
 
+class TrustError(Exception):
+    """A trusted-list change that is refused, with the one line an operator needs."""
+
+
+def parse_cidr(text: str) -> IPNetwork:
+    """A bare address (= /32 or /128) or a CIDR; host bits set are refused, not masked."""
+    text = text.strip()
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise TrustError(f"{text!r} is not an IP address or CIDR") from None
+    raise TrustError(f"{text} has host bits set; did you mean {loose}?")
+
+
+def entries(config_sources: Iterable[IPNetwork], state_dir: str) -> list[TrustedEntry]:
+    """The whole trusted list: `trust.sources` first, then the state file's entries."""
+    listed = [TrustedEntry(net, "", "config") for net in config_sources]
+    return listed + load_state(state_dir)
+
+
+def with_added(current: list[TrustedEntry], cidr: IPNetwork, note: str) -> list[TrustedEntry]:
+    for entry in current:
+        if entry.cidr == cidr:
+            where = "the config file (trust.sources)" if entry.origin == "config" else "the list"
+            raise TrustError(f"{cidr} is already trusted (in {where})")
+    return [*current, TrustedEntry(cidr, note, "state")]
+
+
+def without(current: list[TrustedEntry], cidr: IPNetwork) -> list[TrustedEntry]:
+    for entry in current:
+        if entry.cidr == cidr:
+            if entry.origin == "config":
+                raise TrustError(
+                    f"{cidr} comes from trust.sources in the config file: remove it there "
+                    "and run `clearipctl reload`"
+                )
+            return [e for e in current if e is not entry]
+    raise TrustError(f"{cidr} is not in the trusted list (see `clearipctl trusted`)")
+
+
+def as_json(current: list[TrustedEntry]) -> list[dict[str, str]]:
+    return [{"cidr": str(e.cidr), "note": e.note, "origin": e.origin} for e in current]
+
+
 def state_path(state_dir: str) -> Path:
     return Path(state_dir) / STATE_FILE
 
@@ -32,12 +80,12 @@ def load_state(state_dir: str) -> list[TrustedEntry]:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
         return []
-    entries = []
+    found = []
     for item in doc.get("entries", []):
-        entries.append(
+        found.append(
             TrustedEntry(ipaddress.ip_network(item["cidr"]), str(item.get("note", "")), "state")
         )
-    return entries
+    return found
 
 
 def save_state(state_dir: str, entries: Iterable[TrustedEntry]) -> None:
