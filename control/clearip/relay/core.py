@@ -36,7 +36,7 @@ from clearip.sip.transaction import (
     client_key,
     server_key,
 )
-from clearip.sip.uri import SipUri, parse_uri
+from clearip.sip.uri import SipUri, parse_uri, parse_uri_shared
 
 log = logging.getLogger("clearip.relay")
 
@@ -478,7 +478,7 @@ class ProxyCore:
 
     def uri_is_local(self, text: str) -> bool:
         try:
-            uri = parse_uri(text)
+            uri = parse_uri_shared(text)
         except SipProtocolError:
             return False
         return isinstance(uri, SipUri) and self.env.is_local(

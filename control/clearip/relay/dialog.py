@@ -14,7 +14,7 @@ from clearip.relay.events import Flow, Target
 from clearip.relay.routing import target_for_uri
 from clearip.sip.errors import SipProtocolError
 from clearip.sip.message import Request, Response, build_response, parse_message
-from clearip.sip.uri import SipUri, parse_uri
+from clearip.sip.uri import SipUri, parse_uri, parse_uri_shared
 
 if TYPE_CHECKING:
     from clearip.relay.core import ProxyCore, TxRecord
@@ -36,7 +36,7 @@ def next_hop(core: ProxyCore, req: Request) -> Target:
     core.strip_own_routes(req)
     routes = req.routes
     text = routes[0].uri if routes else req.uri.decode("utf-8", "surrogateescape")
-    uri = parse_uri(text)
+    uri = parse_uri_shared(text)
     if not isinstance(uri, SipUri):
         raise SipProtocolError("next hop is not a SIP URI", 416)
     return target_for_uri(uri)

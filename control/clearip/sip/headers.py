@@ -319,11 +319,18 @@ _VIA_PROTO = re.compile(
 
 
 def parse_via(value: bytes) -> Via:
-    text = _decode(value)
-    m = _VIA_PROTO.match(text)
-    if m is None:
-        raise SipProtocolError("malformed Via: expected SIP/2.0/<transport> <sent-by>")
-    rest = text[m.end() :]
+    # the common spelling, "SIP/2.0/UDP host...", without the regex
+    sp = value.find(b" ", 8)
+    if value[:8] == b"SIP/2.0/" and sp > 8 and value[8:sp].replace(b"-", b"").isalnum():
+        transport = value[8:sp].decode("ascii").upper()
+        rest = _decode(value[sp + 1 :]).lstrip(" \t")
+    else:
+        text = _decode(value)
+        m = _VIA_PROTO.match(text)
+        if m is None:
+            raise SipProtocolError("malformed Via: expected SIP/2.0/<transport> <sent-by>")
+        transport = m.group(1).upper()
+        rest = text[m.end() :]
     sent_by, _, params_text = rest.partition(";")
     host, port = parse_host_port(sent_by.strip(" \t"), "Via sent-by")
     params = parse_params(params_text, "Via")
@@ -333,7 +340,7 @@ def parse_via(value: bytes) -> Via:
         raise SipProtocolError("malformed Via rport parameter")
     if "ttl" in params and ascii_uint(params["ttl"] or "", 255) is None:
         raise SipProtocolError("malformed Via ttl parameter")
-    return Via(m.group(1).upper(), host, port, params)
+    return Via(transport, host, port, params)
 
 
 # RFC 3261 §25.1 hostname / IPv4address characters; "_" is not in the grammar but common in

@@ -414,6 +414,27 @@ def parse_uri(text: str | bytes) -> SipUri | TelUri | UrnUri:
     raise _fail("unsupported URI scheme", 416)
 
 
+_CACHE: dict[str, SipUri | TelUri | UrnUri | SipProtocolError] = {}
+_CACHE_MAX = 4096  # a proxy sees the same few hundred URIs (its own, next hops) over and over
+
+
+def parse_uri_shared(text: str) -> SipUri | TelUri | UrnUri:
+    """parse_uri() for hot read-only paths: results are shared, so callers MUST NOT mutate
+    them (copy() first). Errors are remembered too, so a hostile URI costs one parse."""
+    hit = _CACHE.get(text)
+    if hit is None:
+        try:
+            hit = parse_uri(text)
+        except SipProtocolError as e:
+            hit = e
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.clear()  # crude, bounded, and rare: a new set of URIs fills it again
+        _CACHE[text] = hit
+    if isinstance(hit, SipProtocolError):
+        raise SipProtocolError(hit.reason, hit.status)
+    return hit
+
+
 def user_number(uri: SipUri | TelUri | UrnUri) -> str | None:
     """The dialled digits: user part of a sip/sips URI (its ";" parameters dropped, %-decoded)
     or the number of a tel URI, visual separators removed and any leading "+" kept. No check
