@@ -13,9 +13,9 @@ The unit tests at the end need neither root nor nft: they check the batches we b
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import select
+import shutil
 import subprocess
 import sys
 import time
@@ -227,7 +227,7 @@ def _nft_unavailable_reason() -> str | None:
         import nftables  # noqa: F401
     except ImportError:
         return "needs python3-nftables (Debian package): `import nftables` failed"
-    if not any((Path(d) / "nft").exists() for d in os.environ.get("PATH", "").split(":")):
+    if shutil.which("nft") is None:
         return "needs the nft command (Debian package nftables)"
     return None
 
