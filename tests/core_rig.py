@@ -47,6 +47,7 @@ enabled = false
 class FakeEnv:
     def __init__(self, trusted_prefix: str = "10.0.0.") -> None:
         self.trusted_prefix = trusted_prefix
+        self.pinholes: list[tuple[str, bool]] = []
 
     def via_address(self, transport: str, dest_host: str) -> Address:
         return ("10.0.0.1", 5061 if transport == "tls" else 5060)
@@ -59,6 +60,9 @@ class FakeEnv:
 
     def is_trusted(self, ip: str) -> bool:
         return ip.startswith(self.trusted_prefix)
+
+    def pinhole(self, host: str, is_open: bool) -> None:
+        self.pinholes.append((host, is_open))
 
 
 @dataclass

@@ -239,6 +239,10 @@ def test_in_dialog_bye_loose_routed() -> None:
     out = rig.feed(response_to(fwd, 200, "OK", to_tag=None), PROV_B)
     assert only(out, to=SWITCH).status == 200
     assert rig.counters.values["calls_active"] == 0
+    # the provider's pinhole: opened with the branch, closed once branch and dialog are over
+    rig.advance(40)
+    assert rig.core.env.pinholes == [("10.0.0.14", True), ("10.0.0.14", False)]
+    assert not rig.core.server_txs and not rig.core.client_txs and not rig.core.dialogs
 
 
 _ = CLEARIP

@@ -70,6 +70,7 @@ def child_env(**extra: str) -> dict[str, str]:
 def write_config(path: Path, run_dir: Path, extra: str = "") -> None:
     path.write_text(
         "[relay]\nworkers = 2\n"
+        "[fastpath]\nenabled = false\n"  # never touch the host's own interfaces and nftables
         "[clearip]\ntimeout = 0.1\n"  # grace at stop = 2.1 s
         f'[control]\nsocket = "{run_dir}/control.sock"\nstate_dir = "{run_dir}/state"\n'
         'log_level = "debug"\n' + extra

@@ -288,6 +288,7 @@ class _Worker:
     ready: asyncio.Future[bool]  # True on {"event": "ready"}, False if it exited before
     exited: asyncio.Future[int]  # the exit status (negative: killed by that signal)
     watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+    holes: set[str] = field(default_factory=set)  # next hops its calls are using (pinholes)
 
     @property
     def is_ready(self) -> bool:
@@ -355,8 +356,6 @@ class Supervisor:
                 loop.remove_signal_handler(sig)
 
     async def _run(self) -> int:
-        if self.config.fastpath.enabled == "on":
-            log.warning("fastpath.enabled = true, but this version has no fast path yet")
         # The control socket first: a second proxy must fail here, before its workers bind
         # SO_REUSEPORT listeners and take a share of the first one's traffic.
         try:
@@ -365,6 +364,9 @@ class Supervisor:
             log.error("%s", e)
             return 1
         try:
+            # before the workers: READY=1 means the SIP ports are guarded (SPEC §5, §6)
+            if not self._start_fastpath():
+                return 1
             if not await self._start_workers():
                 return 1
             if not self._stop_requested.is_set():
@@ -374,7 +376,7 @@ class Supervisor:
                     len(self._workers),
                     self.config.control.socket,
                 )
-                _sd_notify("READY=1")  # when the fast path lands: only once it is applied too
+                _sd_notify("READY=1")  # listeners up and the fast path applied (or off)
                 self._slots = [
                     asyncio.create_task(self._keep_running(i), name=f"slot-{i}")
                     for i in range(len(self._workers))
@@ -460,6 +462,8 @@ class Supervisor:
             if not worker.ready.done():
                 worker.ready.set_result(True)
                 log.info("relay %s ready", worker.name)
+        elif event.get("event") == "pinhole" and isinstance(event.get("ip"), str):
+            self._worker_pinhole(worker, event["ip"], bool(event.get("open")))
         else:
             log.debug("relay %s: event %r ignored", worker.name, event.get("event"))
 
@@ -483,6 +487,7 @@ class Supervisor:
         worker.exited.set_result(returncode)
         if not worker.ready.done():
             worker.ready.set_result(False)
+        self._release_pinholes(worker)  # its calls are gone with it
         await worker.channel.close()
 
     async def _keep_running(self, index: int) -> None:
@@ -569,6 +574,9 @@ class Supervisor:
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker.watcher
             await worker.channel.close()
+        if self.fastpath is not None:
+            self.fastpath.stop()  # after the workers: no SIP port is left unguarded meanwhile
+            self.fastpath = None
         await self._ctl.close()
         log.info("proxy stopped")
 
@@ -673,9 +681,9 @@ class Supervisor:
             "uptime_s": round(time.monotonic() - self._started, 1),
             "listeners": merged["listeners"],
             "upstream": merged["upstream"],
-            "fastpath": _fastpath_status(self.config),
+            "fastpath": self._fastpath_status(),
             "counters": merged["counters"],
-            "sources": merged["sources"],
+            "sources": self._with_kernel_counters(merged["sources"]),
             **{k: v for k, v in merged.items() if k not in _OWN_KEYS},
             "workers": [
                 {
@@ -690,6 +698,73 @@ class Supervisor:
             "workers_restarted": self.workers_restarted,
             "stopping": self._stopping,
         }
+
+    # --- the kernel fast path ---
+
+    def _fastpath_status(self) -> dict[str, Any]:
+        if self.fastpath is None:
+            return _fastpath_status(self.config)
+        status: dict[str, Any] = self.fastpath.status()
+        return status
+
+    def _with_kernel_counters(self, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Put the eBPF per-source counters next to the relay's (and list the sources only the
+        kernel saw: the untrusted ones it dropped before the relay could)."""
+        if self.fastpath is None:
+            return sources
+        kernel = self.fastpath.sources()
+        if not kernel:
+            return sources
+        trusted = _trust_check(self.config)
+        by_address = {s["address"]: s for s in sources}
+        for address, counts in kernel.items():
+            entry = by_address.get(address)
+            if entry is None:
+                entry = by_address[address] = {
+                    "address": address,
+                    "trusted": trusted(address),
+                    "kernel": {},
+                    "sip": {"messages_in": 0, "invites": 0},
+                }
+            entry["kernel"] = {name: _int(counts.get(name)) for name in KERNEL_COUNTER_NAMES}
+        return sorted(
+            by_address.values(),
+            key=lambda s: (
+                -(
+                    s["sip"]["messages_in"]
+                    + s["kernel"].get("passed_pkts", 0)
+                    + s["kernel"].get("dropped_untrusted_pkts", 0)
+                ),
+                s["address"],
+            ),
+        )
+
+    def _start_fastpath(self) -> bool:
+        from clearip.fastpath.manager import FastPathManager, FastPathRequired
+
+        manager = FastPathManager(self.config, self._count)
+        try:
+            manager.start([str(e.cidr) for e in self.trusted_entries()])
+        except FastPathRequired as e:
+            log.error('cannot start: %s (or set fastpath.enabled = "auto")', e)
+            return False
+        self.fastpath = manager
+        return True
+
+    def _worker_pinhole(self, worker: _Worker, ip: str, is_open: bool) -> None:
+        """A worker's first call to next hop `ip` began, or its last one ended (SPEC §5)."""
+        if is_open == (ip in worker.holes):
+            return  # said twice: nothing changes
+        if is_open:
+            worker.holes.add(ip)
+        else:
+            worker.holes.discard(ip)
+        if self.fastpath is not None:
+            self.fastpath.pinhole(ip, is_open)  # counts the workers holding `ip`
+
+    def _release_pinholes(self, worker: _Worker) -> None:
+        for ip in list(worker.holes):
+            self._worker_pinhole(worker, ip, False)
 
     async def _op_ping(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": __version__}

@@ -66,6 +66,10 @@ class Environment(Protocol):
         """The trusted list (trust.sources ∪ state file)."""
         ...
 
+    def pinhole(self, host: str, is_open: bool) -> None:
+        """This worker's first call to next hop `host` began, or its last one ended."""
+        ...
+
 
 @dataclass(slots=True)
 class TxRecord:
@@ -456,12 +460,16 @@ class ProxyCore:
 
     def open_pinhole(self, host: str) -> None:
         """Admit in-dialog traffic from a next hop we sent a call to, while the call lives."""
-        self.pinholes[host] = self.pinholes.get(host, 0) + 1
+        n = self.pinholes.get(host, 0)
+        self.pinholes[host] = n + 1
+        if n == 0:
+            self.env.pinhole(host, True)  # the kernel fast path opens it too
 
     def close_pinhole(self, host: str) -> None:
         n = self.pinholes.get(host, 0) - 1
         if n <= 0:
-            self.pinholes.pop(host, None)
+            if self.pinholes.pop(host, None) is not None:
+                self.env.pinhole(host, False)
         else:
             self.pinholes[host] = n
 

@@ -135,6 +135,7 @@ class Worker:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.handoff: Handoff | None = None
+        self.link_to_supervisor: Any = None  # WorkerLink, once the supervisor is connected
         self._route_cache: dict[str, str] = {}
         self._resolved: dict[str, str] = {}
         self._tls_server: ssl.SSLContext | None = None
@@ -194,6 +195,10 @@ class Worker:
 
     def is_trusted(self, ip: str) -> bool:
         return ip in self.trust
+
+    def pinhole(self, host: str, is_open: bool) -> None:
+        if self.link_to_supervisor is not None and _is_ip(host):
+            self.link_to_supervisor.send_event({"event": "pinhole", "ip": host, "open": is_open})
 
     def apply_trust(self) -> None:
         nets = list(self.config.trust.sources)
@@ -600,6 +605,7 @@ async def _amain(args: argparse.Namespace) -> int:
     if args.ctl_fd is not None:
         link = WorkerLink(args.ctl_fd, worker)
         await link.start()
+        worker.link_to_supervisor = link
         link.send_event({"event": "ready", "index": args.index})
     await worker.wait_stopped()
     return 0
