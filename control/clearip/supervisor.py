@@ -742,7 +742,7 @@ class Supervisor:
     def _start_fastpath(self) -> bool:
         from clearip.fastpath.manager import FastPathManager, FastPathRequired
 
-        manager = FastPathManager(self.config, self._count)
+        manager = FastPathManager(self.config)
         try:
             manager.start([str(e.cidr) for e in self.trusted_entries()])
         except FastPathRequired as e:

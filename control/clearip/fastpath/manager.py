@@ -26,10 +26,6 @@ from clearip.fastpath.nft import NftError, NftFastPath
 
 log = logging.getLogger("clearip.fastpath")
 
-# Must match the relay's private ports (relay/worker.py PRIVATE_PORT_OFFSET): worker i sends
-# from listener port + 10 + i, and the answers come back there.
-PRIVATE_PORT_OFFSET = 10
-
 # A pinhole outlives its call only if the relay never says it is done (a crash): then the
 # kernel forgets it after this long. Longer than any call the relay keeps (12 h).
 PINHOLE_TTL = 13 * 3600.0
@@ -39,28 +35,25 @@ class FastPathRequired(Exception):
     """fastpath.enabled = true, and it could not be loaded: the proxy must not start."""
 
 
-def sip_ports(config: Config, workers: int) -> tuple[list[int], list[int]]:
-    """(UDP ports, TCP ports) the fast path guards: the listeners and the workers' own ports."""
+def sip_ports(config: Config) -> tuple[list[int], list[int]]:
+    """(UDP ports, TCP ports) the fast path guards: the configured listeners' (SPEC §5).
+
+    Not the relay workers' own ports (listen port + 10 + i): only answers to the requests a
+    worker sent come there, they must not wait for a pinhole, and the relay itself refuses a
+    request there from an untrusted source.
+    """
     listen = config.listen
-    udp = sorted(
-        {p.port for p in listen.udp}
-        | {
-            p.port + PRIVATE_PORT_OFFSET + i
-            for p in listen.udp
-            for i in range(workers)
-            if workers > 1
-        }
-    )
+    udp = sorted({p.port for p in listen.udp})
     tcp = sorted({p.port for p in listen.tcp} | {p.port for p in listen.tls})
     return udp, tcp
 
 
 class FastPathManager:
-    def __init__(self, config: Config, workers: int) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
         self.name = config.fastpath.name
         self.mode = config.fastpath.enabled
-        self.udp_ports, self.tcp_ports = sip_ports(config, workers)
+        self.udp_ports, self.tcp_ports = sip_ports(config)
         self.enabled = False
         self.reason = ""
         self.interfaces: list[str] = []

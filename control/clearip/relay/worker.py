@@ -39,7 +39,7 @@ from clearip.trust import TrustList, load_state
 
 log = logging.getLogger("clearip.worker")
 
-# Worker i (of N > 1) sends its requests from listener port + PRIVATE_PORT_OFFSET + i.
+# Worker i sends its requests from listener port + PRIVATE_PORT_OFFSET + i.
 PRIVATE_PORT_OFFSET = 10
 IDLE_SWEEP_INTERVAL = 10.0
 
@@ -177,7 +177,7 @@ class Worker:
         port = listeners[0].port if listeners else 5060
         if adv is not None and adv.port:
             port = adv.port
-        if transport == "udp" and self.workers > 1:
+        if transport == "udp":
             port += PRIVATE_PORT_OFFSET + self.index  # responses come back to this worker
         host = adv.host if adv is not None else self._local_host_toward(dest_host, listeners)
         return host, port
@@ -224,14 +224,13 @@ class Worker:
             self.local_ports.add(cfg.listen.advertise.port)
         for lst in cfg.listen.udp:
             await self._open_udp((lst.host, lst.port), shared=True)
-            if self.workers > 1:
-                port = lst.port + PRIVATE_PORT_OFFSET + self.index
-                self.local_ports.update(
-                    lst.port + PRIVATE_PORT_OFFSET + i for i in range(self.workers)
-                )
-                ep = await self._open_udp((lst.host, port), shared=False)
-                family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
-                self.private.setdefault(family, ep)
+            # requests go out from a port of this worker's own, even when it is the only one:
+            # their answers come straight back to it, and need no pinhole in the fast path
+            port = lst.port + PRIVATE_PORT_OFFSET + self.index
+            self.local_ports.update(lst.port + PRIVATE_PORT_OFFSET + i for i in range(self.workers))
+            ep = await self._open_udp((lst.host, port), shared=False)
+            family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
+            self.private.setdefault(family, ep)
         for lst in cfg.listen.tcp:
             await self._open_stream_server("tcp", (lst.host, lst.port), None)
         if cfg.listen.tls:
