@@ -81,6 +81,9 @@ socket = "{work}/ctl.sock"
 state_dir = "{work}/state"
 metrics = ""
 """)
+        self.start()
+
+    def start(self) -> None:
         self.proc = self.proxy.popen([CTL, "run", "--config", str(self.config)])
         self.proxy.wait_udp(5060, ip=PROXY, proc=self.proc)
         deadline = time.monotonic() + 15
@@ -180,6 +183,19 @@ def test_allow_and_deny_reach_the_kernel(lab: Lab) -> None:
     dropped = lab.source(ROGUE)["kernel"]["dropped_untrusted_pkts"]
     assert not answered()
     assert lab.source(ROGUE)["kernel"]["dropped_untrusted_pkts"] > dropped
+
+
+def test_allowed_source_survives_a_restart(lab: Lab) -> None:
+    assert lab.ctl("allow", ROGUE, "--note", "kept").returncode == 0
+    assert lab.proxy.stop(lab.proc, grace=15) == 0
+    listed = json.loads(lab.ctl("trusted", "--json").stdout)  # stopped: from the state file
+    assert any(e["cidr"] == f"{ROGUE}/32" and e["note"] == "kept" for e in listed)
+    lab.start()
+    assert ROGUE in lab.proxy.run(["nft", "list", "set", "inet", lab.name, "trusted4"]).stdout
+    res = run_sipp(lab.rogue, "uac_options.xml", remote=f"{PROXY}:5060", service=NUMBER,
+                   timeout=3)  # fmt: skip
+    assert res.successful == 1
+    assert lab.ctl("deny", ROGUE).returncode == 0
 
 
 def test_stop_leaves_no_table_filter_or_pin(lab: Lab) -> None:
