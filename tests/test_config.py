@@ -531,7 +531,7 @@ BAD = [
     (
         section("trust", 'sources = ["10.0.0.1/8"]'),
         "trust.sources[0]",
-        'host bits set; did you mean "10.0.0.0/8"',
+        "host bits set; did you mean 10.0.0.0/8?",
     ),
     (
         section("trust", 'sources = ["10.0.0.0/8", "2001:db8::1/32"]'),

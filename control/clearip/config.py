@@ -22,6 +22,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 from clearip.sip.errors import SipProtocolError
 from clearip.sip.uri import SipUri, parse_uri
+from clearip.trust import TrustError, parse_cidr
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -326,16 +327,11 @@ def _listeners(value: object) -> tuple[HostPort, ...]:
 
 
 def _cidr(value: object) -> IPNetwork:
-    text = _string(value)
+    # the same rule and words as `clearipctl allow` (host bits set: refused, not masked)
     try:
-        return ipaddress.ip_network(text, strict=True)
-    except ValueError:
-        pass
-    try:
-        network = ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise _Invalid(f"{_show(text)} is not an IP address or CIDR") from None
-    raise _Invalid(f'{_show(text)} has host bits set; did you mean "{network}"?')
+        return parse_cidr(_string(value))
+    except TrustError as e:
+        raise _Invalid(str(e)) from None
 
 
 # --- SIP ---

@@ -29,6 +29,7 @@ from clearip import __version__, trust
 from clearip.config import Config, ConfigError, default_config, load_config
 from clearip.ctlsock import ControlError, ControlServer, Handler, OpError
 from clearip.logsetup import set_level
+from clearip.relay.counters import COUNTER_NAMES
 from clearip.workerlink import WorkerChannel, WorkerError
 
 __all__ = [
@@ -59,22 +60,6 @@ STABLE_AFTER = 30.0  # a worker that ran this long resets the backoff
 
 # SPEC §6 `status --json`: top-level keys, then every counter, always present even when 0.
 STATUS_KEYS = ("version", "uptime_s", "listeners", "upstream", "fastpath", "counters", "sources")
-COUNTER_NAMES = (
-    "messages_in",
-    "invites",
-    "clearip_302",
-    "clearip_404",
-    "clearip_503",
-    "clearip_603",
-    "clearip_other",
-    "clearip_timeout",
-    "clearip_unavailable",
-    "failovers",
-    "emergency_bypass",
-    "malformed",
-    "dropped_untrusted",
-    "calls_active",
-)
 KERNEL_COUNTER_NAMES = (
     "passed_pkts",
     "passed_bytes",
