@@ -22,6 +22,7 @@ bench: bootstrap
 	@# Kamailio: the reference of the call-rate anchor. As root, installed once (a no-op after).
 	@[ "$$(id -u)" != 0 ] || dpkg -s kamailio >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kamailio >/dev/null || echo "bench: could not install kamailio: no relay/Kamailio ratio" >&2
 	$(PY) tools/bench_calls.py $(BENCH_ARGS)
+	[ "$(BENCH_FLOOD)" = 0 ] || $(PY) tools/bench_flood.py $(BENCH_FLOOD_ARGS)
 
 fuzz: bootstrap
 	$(PY) -m pip install -q 'atheris>=2.3'
