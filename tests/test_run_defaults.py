@@ -73,3 +73,49 @@ metrics = ""
         start = time.monotonic()
         assert proxy.stop(proc, grace=15) == 0
         assert time.monotonic() - start < 10
+
+
+def _config_for(tmp_path: Path, enabled: str) -> Path:
+    label = enabled.strip('"')
+    config = tmp_path / f"proxy-{label}.toml"
+    config.write_text(f"""
+[listen]
+tls = []
+[trust]
+sources = ["10.77.0.11/32"]
+[fastpath]
+enabled = {enabled}
+interfaces = ["nope0"]
+name = "ciptnope"
+[control]
+socket = "{tmp_path}/ctl-{label}.sock"
+state_dir = "{tmp_path}/state"
+metrics = ""
+""")
+    return config
+
+
+@pytest.mark.parametrize("enabled", ['"auto"', "true"])
+def test_fast_path_that_cannot_load(tmp_path: Path, enabled: str) -> None:
+    """auto: runs on the relay's own check and says why; true: refuses to start (SPEC §5)."""
+    skip_unless_netns()
+    config = _config_for(tmp_path, enabled)
+    with NetLab(workdir=tmp_path / "lab") as lab:
+        proxy = lab.add_host("proxy", "10.77.0.10/24", None)
+        proc = proxy.popen([CTL, "run", "--config", str(config)])
+        if enabled == "true":
+            assert proc.wait(timeout=60) == 1
+            log = Path(proc.log_path).read_text()  # type: ignore[attr-defined]
+            assert "the fast path could not be loaded" in log and "nope0" in log
+            assert "ciptnope" not in proxy.run(["nft", "list", "tables"]).stdout
+            return
+        proxy.wait_udp(5060, proc=proc, timeout=60)
+        status = json.loads(
+            subprocess.run([CTL, "status", "--json", "--config", str(config)],
+                           capture_output=True, text=True, timeout=10, check=True).stdout
+        )  # fmt: skip
+        fastpath = status["fastpath"]
+        assert fastpath["enabled"] is False and fastpath["interfaces"] == []
+        assert "nope0" in fastpath["reason"]
+        assert "ciptnope" not in proxy.run(["nft", "list", "tables"]).stdout  # rolled back
+        assert proxy.stop(proc, grace=15) == 0
