@@ -317,3 +317,19 @@ def test_advertise_in_via_and_record_route() -> None:
     assert worker.via_address("udp", "10.0.0.13") == ("203.0.113.7", 5060 + 10 + 1)
     assert worker.rr_address("udp", "10.0.0.13") == ("203.0.113.7", 5060)
     assert worker.rr_address("tls", "10.0.0.13") == ("203.0.113.7", 5061)
+
+
+def test_failover_on_408_and_on_a_connection_error() -> None:
+    rig = Rig()
+    to_ci = start_call(rig)
+    three = CONTACTS + ", <sip:+12025550123@10.0.0.15:5060;transport=tcp>;q=0.1"
+    out = rig.from_clearip(redirect(to_ci, three))
+    to_b = only(out, to=PROV_B)
+    to_a = only(rig.feed(response_to(to_b, 408, "Request Timeout"), PROV_B), to=PROV_A)
+    # the transport cannot reach A (connect refused): the adapter reports it for that send
+    [send] = [s for s in rig.sent if s.target.host == PROV_A[0] and s.data.startswith(b"INVITE")]
+    rig.core.send_failed(send.token, rig.now)
+    to_c = only(rig.drain(), to=("10.0.0.15", 5060))
+    assert to_c.method == "INVITE" and to_c.top_via.transport == "TCP"
+    assert to_a.top_via.branch != to_c.top_via.branch
+    assert rig.counters.values["failovers"] == 2
