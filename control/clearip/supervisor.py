@@ -74,12 +74,11 @@ UPSTREAM_STATES = ("connected", "connecting", "down")
 
 
 def _fastpath_status(config: Config) -> dict[str, Any]:
-    # PLACEHOLDER until the fast path (bpf/, nft/) is built: its loader replaces this function
-    # with the real state (attached interfaces, or why it is off and how to fix it).
+    """Before the fast-path manager has run (the first moments of start-up)."""
     if config.fastpath.enabled == "off":
         reason = "disabled in the config (fastpath.enabled = false)"
     else:
-        reason = "fast path not built yet in this version"
+        reason = "not loaded yet: the proxy is starting"
     return {"enabled": False, "reason": reason, "interfaces": []}
 
 
@@ -186,8 +185,8 @@ def aggregate_stats(stats: Iterable[Mapping[str, Any]], config: Config) -> dict[
         {
             "address": address,
             "trusted": trusted(address),
-            # Zeros until the fast path lands: these come from the eBPF per-source map (§5),
-            # which the relay never sees.
+            # filled from the eBPF per-source map by Supervisor._with_kernel_counters; zeros
+            # when the fast path is off
             "kernel": dict.fromkeys(KERNEL_COUNTER_NAMES, 0),
             "sip": counts,
         }
