@@ -173,7 +173,7 @@ class Call:
         req = self.invite.copy()
         assert isinstance(req, Request)
         req.decrement_max_forwards()
-        req.prepend_header("Via", core.via_for(target))
+        core.add_via(req, target)
         self.clearip_sent = now
         self.clearip_conn = target.conn
         self.clearip = core.start_client_tx(
@@ -308,7 +308,7 @@ class Call:
         req.prepend_header("Record-Route", rr_in)
         if rr_out != rr_in:  # RFC 5658 double Record-Route across transports/addresses
             req.prepend_header("Record-Route", rr_out)
-        req.prepend_header("Via", core.via_for(target))
+        core.add_via(req, target)
         branch = Branch(cand, target)
         self.branch = branch
         self.log.next_hops.append(f"{target.host}:{target.port}")

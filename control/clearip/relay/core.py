@@ -21,7 +21,7 @@ from clearip.relay.counters import Counters
 from clearip.relay.events import Address, Flow, Send, Target
 from clearip.relay.routing import default_port, target_for_uri
 from clearip.sip.errors import SipProtocolError
-from clearip.sip.headers import NameAddr
+from clearip.sip.headers import NameAddr, Via
 from clearip.sip.message import Request, Response, SipMessage, build_response, parse_message
 from clearip.sip.transaction import (
     ClientTransaction,
@@ -210,9 +210,18 @@ class ProxyCore:
         return branch is not None and branch.startswith(f"{BRANCH_MAGIC}.cip")
 
     def via_for(self, target: Target) -> str:
+        return str(self._new_via(target))
+
+    def _new_via(self, target: Target) -> Via:
         host, port = self.env.via_address(target.transport, target.host)
-        sent_by = _hostport(host, port)
-        return f"SIP/2.0/{target.transport.upper()} {sent_by};branch={self.new_branch()};rport"
+        params: dict[str, str | None] = {"branch": self.new_branch(), "rport": None}
+        return Via(target.transport.upper(), host.lower(), port, params)
+
+    def add_via(self, req: Request, target: Target) -> None:
+        """Our Via on top of a request we forward; its parsed form is kept, not parsed back."""
+        via = self._new_via(target)
+        req.prepend_header("Via", str(via))
+        req.seed_top_via(via)
 
     def rr_uri(self, transport: str, peer_host: str) -> str:
         host, port = self.env.rr_address(transport, peer_host)

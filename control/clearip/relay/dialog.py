@@ -65,7 +65,7 @@ class Relay:
             relay.answer(e.status if 400 <= e.status < 700 else 400, "Bad Route", now)
             return
         fwd.decrement_max_forwards()
-        fwd.prepend_header("Via", core.via_for(target))
+        core.add_via(fwd, target)
         if req.method == "INVITE":
             core.respond(server, build_response(req, 100, "Trying"), now)
         core.start_client_tx(fwd, target, relay, "relay", now)
@@ -83,7 +83,7 @@ class Relay:
         if fwd.max_forwards == 0:
             return
         fwd.decrement_max_forwards()
-        fwd.prepend_header("Via", core.via_for(target))
+        core.add_via(fwd, target)
         core.send(fwd.to_bytes(), target)
 
     def answer(self, status: int, reason: str, now: float) -> None:

@@ -255,6 +255,10 @@ class SipMessage:
         self.to  # noqa: B018
         self.max_forwards  # noqa: B018
 
+    def seed_top_via(self, via: Via) -> None:
+        """Record the parsed form of a Via just put on top (it is exactly str(via))."""
+        self._cache["top-via"] = via
+
     def check_response_routing(self) -> None:
         """What a proxy needs to route a response (RFC 3261 §16.7): top Via, CSeq, Call-ID.
 
