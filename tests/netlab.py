@@ -243,8 +243,15 @@ class Host:
         """``"10.77.0.11:5060"``, or ``"[fd77::11]:5060"`` with v6=True."""
         return f"[{self.ip6}]:{port}" if v6 else f"{self.ip}:{port}"
 
-    def argv(self, argv: Sequence[str]) -> list[str]:
-        """`argv` wrapped to run inside this host's namespace."""
+    def argv(self, argv: Sequence[str], *, shared_mounts: bool = False) -> list[str]:
+        """`argv` wrapped to run inside this host's namespace.
+
+        `ip netns exec` also gives the process a fresh /sys, which hides the host's bpffs;
+        shared_mounts=True enters the network namespace only (nsenter), so eBPF pins made
+        there are the real /sys/fs/bpf ones that other processes and tests can see.
+        """
+        if shared_mounts:
+            return ["nsenter", f"--net=/run/netns/{self.ns}", *map(str, argv)]
         return ["ip", "netns", "exec", self.ns, *map(str, argv)]
 
     def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
@@ -582,8 +589,9 @@ class NetLab:
             kw.setdefault("stderr", subprocess.STDOUT)
         kw.setdefault("stdin", subprocess.DEVNULL)
         kw.setdefault("start_new_session", True)
+        shared_mounts = bool(kw.pop("shared_mounts", False))
         try:
-            proc = subprocess.Popen(host.argv(argv), **kw)
+            proc = subprocess.Popen(host.argv(argv, shared_mounts=shared_mounts), **kw)
         finally:
             if log is not None:
                 log.close()

@@ -84,7 +84,10 @@ metrics = ""
         self.start()
 
     def start(self) -> None:
-        self.proc = self.proxy.popen([CTL, "run", "--config", str(self.config)])
+        # network namespace only: its eBPF pins land in the host's /sys/fs/bpf, where the
+        # last test checks they are gone
+        self.proc = self.proxy.popen([CTL, "run", "--config", str(self.config)],
+                                     shared_mounts=True)  # fmt: skip
         self.proxy.wait_udp(5060, ip=PROXY, proc=self.proc)
         deadline = time.monotonic() + 15
         while self.status()["upstream"]["state"] != "connected":
@@ -121,6 +124,7 @@ def test_fast_path_is_on(lab: Lab) -> None:
     fastpath = lab.status()["fastpath"]
     assert fastpath["enabled"] is True, fastpath
     assert fastpath["interfaces"] == ["eth0"]
+    assert (Path("/sys/fs/bpf") / lab.name / "src_stats").exists()  # clearipctl reads these
     tables = lab.proxy.run(["nft", "-j", "list", "tables"]).stdout
     assert lab.name in tables
     filters = lab.proxy.run(["tc", "filter", "show", "dev", "eth0", "ingress"]).stdout
