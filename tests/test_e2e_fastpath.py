@@ -45,6 +45,11 @@ s.sendto(sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2])))
 """
 
 
+def fastpath_name() -> str:
+    """Our own nft table and bpffs pins, never a real proxy's."""
+    return f"cipt{os.getpid() % 100000}"
+
+
 class Lab:
     def __init__(self, net: NetLab) -> None:
         self.net = net
@@ -60,7 +65,7 @@ class Lab:
             str(work / "rules.toml"), "--listen", f"tcp:{CLEARIP}:5060",
         ])  # fmt: skip
         self.clearip.wait_tcp(5060, ip=CLEARIP, proc=emulator)
-        self.name = f"cipt{os.getpid() % 100000}"  # our own table and pins, never a real one's
+        self.name = fastpath_name()
         self.config = work / "proxy.toml"
         self.config.write_text(f"""
 [listen]
@@ -116,8 +121,13 @@ metrics = ""
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     skip_unless_netns()
-    with NetLab() as net:
-        yield Lab(net)
+    try:
+        with NetLab() as net:
+            yield Lab(net)
+    finally:  # a proxy killed before its own clean-up leaves its pins behind
+        from clearip.fastpath.bpf import remove_all
+
+        remove_all(fastpath_name(), interfaces=[])
 
 
 def test_fast_path_is_on(lab: Lab) -> None:
