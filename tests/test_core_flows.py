@@ -333,3 +333,21 @@ def test_failover_on_408_and_on_a_connection_error() -> None:
     assert to_c.method == "INVITE" and to_c.top_via.transport == "TCP"
     assert to_a.top_via.branch != to_c.top_via.branch
     assert rig.counters.values["failovers"] == 2
+
+
+def test_stray_in_dialog_request_for_us_is_not_forwarded_to_ourselves() -> None:
+    """A BYE or ACK whose Request-URI names the proxy and that carries no Route: 481 / drop."""
+    rig = Rig()
+    bye = (
+        b"BYE sip:+12025550123@10.0.0.1:5060 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 10.0.0.11:5060;branch=z9hG4bK-stray;rport\r\n"
+        b"From: <sip:+13035550199@10.0.0.11>;tag=a\r\nTo: <sip:+12025550123@10.0.0.1>;tag=b\r\n"
+        b"Call-ID: stray@10.0.0.11\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+    resp = only(rig.feed(bye, SWITCH))
+    assert resp.status == 481
+    ack = bye.replace(b"BYE sip", b"ACK sip").replace(b"2 BYE", b"2 ACK").replace(
+        b"z9hG4bK-stray", b"z9hG4bK-stray-ack"
+    )
+    assert rig.feed(ack, SWITCH) == []
+    assert not rig.core.client_txs

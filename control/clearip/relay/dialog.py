@@ -19,6 +19,8 @@ from clearip.sip.uri import SipUri, parse_uri, parse_uri_shared
 if TYPE_CHECKING:
     from clearip.relay.core import ProxyCore, TxRecord
 
+_PHRASES = {481: "Call/Transaction Does Not Exist", 416: "Unsupported URI Scheme"}
+
 # A dialog whose BYE we never see (it went through another proxy, or was lost) is forgotten after
 # this long, so the table and the pinhole cannot leak.
 DIALOG_MAX_AGE = 12 * 3600.0
@@ -39,7 +41,12 @@ def next_hop(core: ProxyCore, req: Request) -> Target:
     uri = parse_uri_shared(text)
     if not isinstance(uri, SipUri):
         raise SipProtocolError("next hop is not a SIP URI", 416)
-    return target_for_uri(uri)
+    target = target_for_uri(uri)
+    if core.env.is_local(target.host, target.port):
+        # a request for a dialog that does not run through us (a stray ACK or BYE whose
+        # Request-URI names the proxy): forwarding it would send it to ourselves, 70 times
+        raise SipProtocolError("no dialog here", 481)
+    return target
 
 
 class Relay:
@@ -62,7 +69,8 @@ class Relay:
         try:
             target = next_hop(core, fwd)
         except SipProtocolError as e:
-            relay.answer(e.status if 400 <= e.status < 700 else 400, "Bad Route", now)
+            status = e.status if 400 <= e.status < 700 else 400
+            relay.answer(status, _PHRASES.get(status, "Bad Route"), now)
             return
         fwd.decrement_max_forwards()
         core.add_via(fwd, target)
