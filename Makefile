@@ -1,5 +1,5 @@
 # One command each: set up the machine (idempotent), then run, test or benchmark.
-.PHONY: bootstrap run test lint bench fuzz clean
+.PHONY: bootstrap run test lint bench fuzz install clean
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -27,6 +27,17 @@ bench: bootstrap
 fuzz: bootstrap
 	$(PY) -m pip install -q 'atheris>=2.3'
 	$(PY) tests/fuzz_parser.py -max_total_time=60
+
+# The service: the unit (pointing at this checkout's .venv) and, if none exists yet, the default
+# config. DESTDIR installs into a staging root (tests use it); systemd is told when it runs.
+DESTDIR ?=
+install: bootstrap
+	install -d $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/clearip
+	sed -e 's|@CLEARIPCTL@|$(CURDIR)/$(VENV)/bin/clearipctl|g' -e 's|@DOCDIR@|$(CURDIR)|g' \
+		tools/systemd/clearip.service.in > $(DESTDIR)/etc/systemd/system/clearip.service
+	[ -e $(DESTDIR)/etc/clearip/proxy.toml ] || install -m 0640 tools/proxy.toml $(DESTDIR)/etc/clearip/proxy.toml
+	@[ -n "$(DESTDIR)" ] || ! [ -d /run/systemd/system ] || systemctl daemon-reload
+	@echo "installed: systemctl enable --now clearip (config: /etc/clearip/proxy.toml)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
