@@ -271,6 +271,30 @@ def _sum_sources(cidr: str, sources: list[dict[str, Any]]) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------
+# check
+
+
+def _check_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print a JSON list, for scripts")
+    parser.add_argument(
+        "--no-network", action="store_true", help="skip the ClearIP DNS, TCP and TLS checks"
+    )
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from clearip import checks
+
+    try:
+        path, config = load(args)
+    except ConfigError as e:
+        results = [checks.config_failure(args.config or DEFAULT_CONFIG, e)]
+    else:
+        results = checks.run_checks(path, config, network=not args.no_network)
+    print(checks.format_json(results) if args.json else checks.format_checklist(results))
+    return 1 if checks.failed(results) else 0
+
+
+# ---------------------------------------------------------------------------------------------
 # The table. Other SPEC §2 commands (check, allow, deny, trusted, top, capture) join here.
 
 COMMANDS: tuple[Command, ...] = (
@@ -294,6 +318,12 @@ COMMANDS: tuple[Command, ...] = (
         "list the trusted sources with their counters",
         cmd_trusted,
         _trusted_arguments,
+    ),
+    Command(
+        "check",
+        "validate the config and this host: ports, privileges, fast path, ClearIP link",
+        cmd_check,
+        _check_arguments,
     ),
 )
 

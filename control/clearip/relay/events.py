@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 Address = tuple[str, int]
 
+# Worker i sends its requests from UDP port (listener port + PRIVATE_PORT_OFFSET + i), so the
+# answers come straight back to it (and `clearipctl check` knows which ports must be free).
+PRIVATE_PORT_OFFSET = 10
+
 
 @dataclass(frozen=True, slots=True)
 class Flow:

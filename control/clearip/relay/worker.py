@@ -31,7 +31,7 @@ from typing import Any
 from clearip.config import Config, ConfigError, load_config
 from clearip.relay.core import ProxyCore
 from clearip.relay.counters import Counters
-from clearip.relay.events import Address, Flow, Send
+from clearip.relay.events import PRIVATE_PORT_OFFSET, Address, Flow, Send
 from clearip.relay.handoff import Handoff
 from clearip.relay.streams import ConnectionTable, StreamConnection
 from clearip.relay.upstream import UpstreamLink
@@ -39,8 +39,6 @@ from clearip.trust import TrustList, load_state
 
 log = logging.getLogger("clearip.worker")
 
-# Worker i sends its requests from listener port + PRIVATE_PORT_OFFSET + i.
-PRIVATE_PORT_OFFSET = 10
 IDLE_SWEEP_INTERVAL = 10.0
 
 _CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
