@@ -322,6 +322,7 @@ class Supervisor:
         # manager; None means the relay's own check is the only enforcer.
         self.fastpath: Any = None
         self._ctl = ControlServer(config.control.socket, self._ops)
+        self._metrics: Any = None  # the Prometheus /metrics server (clearip.metrics), when up
 
     # --- lifecycle ---
 
@@ -360,6 +361,7 @@ class Supervisor:
                     len(self._workers),
                     self.config.control.socket,
                 )
+                self._start_metrics()
                 _sd_notify("READY=1")  # listeners up and the fast path applied (or off)
                 self._slots = [
                     asyncio.create_task(self._keep_running(i), name=f"slot-{i}")
@@ -369,6 +371,32 @@ class Supervisor:
             return 0
         finally:
             await self._stop()
+
+    def _start_metrics(self) -> None:
+        """Serve Prometheus metrics on `control.metrics`; a failure is logged, not fatal: metrics
+        are not worth refusing calls over."""
+        address = self.config.control.metrics
+        if address is None:
+            return
+        from clearip.metrics import start_metrics_server
+
+        loop = asyncio.get_running_loop()
+
+        def status_provider() -> dict[str, Any]:
+            # Called from the metrics server's thread, never from the loop (it would deadlock).
+            future = asyncio.run_coroutine_threadsafe(self.status(), loop)
+            try:
+                return future.result(timeout=5)
+            except BaseException:
+                future.cancel()
+                raise
+
+        try:
+            self._metrics = start_metrics_server(address.host, address.port, status_provider)
+        except OSError as e:
+            log.error("cannot serve metrics on %s (running without them): %s", address, e)
+            return
+        log.info("metrics on http://%s/metrics", address)
 
     async def _start_workers(self) -> bool:
         loop = asyncio.get_running_loop()
@@ -530,6 +558,9 @@ class Supervisor:
     async def _stop(self) -> None:
         self._stopping = True
         _sd_notify("STOPPING=1")
+        if self._metrics is not None:
+            metrics, self._metrics = self._metrics, None
+            await asyncio.to_thread(metrics.stop)  # its shutdown waits up to 0.5 s
         for task in (*self._slots, *self._tasks):
             task.cancel()
         await asyncio.gather(*self._slots, *self._tasks, return_exceptions=True)

@@ -485,6 +485,7 @@ class Call:
         self.stage = "done"
         self.deadline = None
         core = self.core
+        core.counters.setup_time((now - self.started) * 1000.0)
         if not 200 <= status < 300:  # an answered call stays active as a dialog until BYE
             core.counters.inc("calls_active", -1)
         core.forget_call(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from typing import Any
 
@@ -28,9 +29,52 @@ COUNTER_NAMES = (
 MAX_SOURCES = 65536
 OTHER_SOURCE = "other"
 
+# Histogram bucket upper bounds, ms (Prometheus `le`). Counted per bucket, not cumulatively, so
+# the supervisor's key-by-key sum merges the workers' tables exactly.
+CLEARIP_RTT_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+SETUP_BUCKETS_MS = (10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+
+
+class Histogram:
+    """Per-bucket counts over fixed bounds (ms), plus the sum and the count of the samples.
+
+    `table()` is flat and all integers: `{"le_5": n, ..., "le_inf": n, "sum_us": n, "count": n}`
+    where `le_X` counts the samples in (previous bound, X] and `sum_us` is the sum in whole
+    microseconds (integers, because the supervisor sums tables of counts as integers)."""
+
+    __slots__ = ("bounds", "count", "counts", "total_ms")
+
+    def __init__(self, bounds_ms: tuple[float, ...]) -> None:
+        self.bounds = bounds_ms
+        self.counts = [0] * (len(bounds_ms) + 1)  # the last one: above every bound (+Inf)
+        self.count = 0
+        self.total_ms = 0.0
+
+    def observe(self, ms: float) -> None:
+        index = bisect_left(self.bounds, ms)  # the first bound >= ms: `le` is inclusive
+        self.counts[index] += 1
+        self.count += 1
+        self.total_ms += ms
+
+    def table(self) -> dict[str, int]:
+        out = {f"le_{bound:g}": n for bound, n in zip(self.bounds, self.counts, strict=False)}
+        out["le_inf"] = self.counts[-1]
+        out["sum_us"] = round(self.total_ms * 1000.0)
+        out["count"] = self.count
+        return out
+
 
 class Counters:
-    __slots__ = ("_rtt", "attestation", "finals", "latency", "sources", "values")
+    __slots__ = (
+        "_rtt",
+        "attestation",
+        "finals",
+        "hist_clearip_rtt",
+        "hist_setup",
+        "latency",
+        "sources",
+        "values",
+    )
 
     def __init__(self, max_sources: int = MAX_SOURCES) -> None:
         self.values: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
@@ -42,6 +86,8 @@ class Counters:
         # time from reading a message to having sent what it caused, seconds: the delay the
         # relay itself adds (the last ~10 s at a few thousand messages a second)
         self.latency: deque[float] = deque(maxlen=65536)
+        self.hist_clearip_rtt = Histogram(CLEARIP_RTT_BUCKETS_MS)  # ClearIP round trips
+        self.hist_setup = Histogram(SETUP_BUCKETS_MS)  # INVITE in to final answer out
 
     def inc(self, name: str, n: int = 1) -> None:
         self.values[name] += n
@@ -64,6 +110,11 @@ class Counters:
 
     def clearip_rtt(self, ms: float) -> None:
         self._rtt.append(ms)
+        self.hist_clearip_rtt.observe(ms)
+
+    def setup_time(self, ms: float) -> None:
+        """A call's set-up time: from its INVITE to the final answer relayed to the caller."""
+        self.hist_setup.observe(ms)
 
     def rtt_percentiles(self) -> dict[str, float | None]:
         samples = sorted(self._rtt)
@@ -93,4 +144,6 @@ class Counters:
             "attestation": dict(self.attestation),
             "clearip_rtt_ms": self.rtt_percentiles(),
             "latency": self.latency_percentiles(),
+            "hist_clearip_rtt": self.hist_clearip_rtt.table(),
+            "hist_setup": self.hist_setup.table(),
         }
