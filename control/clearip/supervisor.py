@@ -651,29 +651,13 @@ class Supervisor:
                     log.warning("reload: %s changed; it takes effect at the next restart", key)
             self.config = new
             set_level(new.control.log_level)
-            workers = [w for w in self._workers if w.is_ready]
-            results = await asyncio.gather(
-                *(
-                    w.channel.call("reload", config=new.to_dict(), timeout=RELOAD_TIMEOUT)
-                    for w in workers
-                ),
-                return_exceptions=True,
-            )
-            failed = [
-                f"{w.name}: {r}"
-                for w, r in zip(workers, results, strict=True)
-                if isinstance(r, BaseException)
-            ]
-            if failed:
-                for line in failed:
-                    log.error("reload failed in relay %s", line)
-                raise OpError(f"reload failed in {'; '.join(failed)}")
+            count = await self._broadcast("reload", timeout=RELOAD_TIMEOUT, config=new.to_dict())
             log.info(
                 "config reloaded from %s into %d relay workers",
                 self.config_path or "built-in defaults",
-                len(workers),
+                count,
             )
-            return {"config": self.config_path, "workers": len(workers)}
+            return {"config": self.config_path, "workers": count}
 
     async def status(self) -> dict[str, Any]:
         """The §6 status (see `status_contract`) plus `workers`, `workers_restarted` and the
@@ -841,10 +825,11 @@ class Supervisor:
                 self.fastpath.set_trusted(old)
             raise OpError(f"not applied (rolled back): {e}") from None
 
-    async def _broadcast(self, op: str, **args: Any) -> None:
+    async def _broadcast(self, op: str, *, timeout: float = STATS_TIMEOUT, **args: Any) -> int:
+        """Send `op` to every ready worker; how many there were, or OpError naming failures."""
         workers = [w for w in self._workers if w.is_ready]
         results = await asyncio.gather(
-            *(w.channel.call(op, timeout=STATS_TIMEOUT, **args) for w in workers),
+            *(w.channel.call(op, timeout=timeout, **args) for w in workers),
             return_exceptions=True,
         )
         failed = [
@@ -853,4 +838,7 @@ class Supervisor:
             if isinstance(r, BaseException)
         ]
         if failed:
-            raise OpError("; ".join(failed))
+            for line in failed:
+                log.error("%s failed in relay %s", op, line)
+            raise OpError(f"{op} failed in {'; '.join(failed)}")
+        return len(workers)
