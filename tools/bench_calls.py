@@ -36,11 +36,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from benchcommon import default_clearipctl, log, machine_info, sigterm_as_exit
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ANCHOR = REPO.parent / "shared" / "bench" / "anchor"
@@ -105,9 +107,6 @@ class BenchError(Exception):
 class OutOfBudget(Exception):
     """The next step would pass the --budget-min deadline."""
 
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,26 +565,6 @@ def _run_text(argv: list[str]) -> str:
     return (done.stdout + done.stderr).strip()
 
 
-def machine_info() -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    autogroup = None
-    with contextlib.suppress(OSError):
-        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "hostname": platform.node(),
-        "loadavg_at_start": list(os.getloadavg()),
-        "sched_autogroup": autogroup,
-    }
-
 
 def versions(clearipctl: Path, kamailio: str | None) -> dict[str, str | None]:
     sipp = _run_text(["sipp", "-v"])
@@ -1007,23 +986,8 @@ def resolve_args(args: argparse.Namespace) -> None:
     args.start = min(args.start, args.max)
     args.env = dict(args.env)
     if args.clearipctl is None:
-        beside = Path(sys.executable).parent / "clearipctl"
-        args.clearipctl = beside if beside.exists() else REPO / ".venv" / "bin" / "clearipctl"
+        args.clearipctl = default_clearipctl()
 
-
-@contextlib.contextmanager
-def sigterm_as_exit() -> Iterator[None]:
-    """SIGTERM (make's or CI's) unwinds like Ctrl-C, so that the relay and the harness are
-    stopped by PID on the way out."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:

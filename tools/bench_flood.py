@@ -52,17 +52,17 @@ import ipaddress
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from benchcommon import default_clearipctl, log, machine_info, sigterm_as_exit
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -103,9 +103,6 @@ output: progress on stderr; the table on stdout (on stderr with --json -, so tha
   JSON only). Needs root (network namespaces, nftables, eBPF), sipp (sip-tester) and tc.
 """
 
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------- the flooder
@@ -811,20 +808,6 @@ def summary(phases: list[PhaseResult]) -> list[str]:
     return out
 
 
-def machine_info() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
-
 
 # ---------------------------------------------------------------------------- CLI
 
@@ -912,8 +895,7 @@ def resolve_args(args: argparse.Namespace) -> None:
     if args.flooders is None:
         args.flooders = max(1, (os.cpu_count() or 2) // 2)
     if args.clearipctl is None:
-        beside = Path(sys.executable).parent / "clearipctl"
-        args.clearipctl = beside if beside.exists() else REPO / ".venv" / "bin" / "clearipctl"
+        args.clearipctl = default_clearipctl()
     names = ["baseline", "on", "off"]
     if args.phases:
         names = [p.strip() for p in args.phases.split(",") if p.strip()]
@@ -937,19 +919,6 @@ def check_args(args: argparse.Namespace) -> str | None:
         return "--flood-max-packets: 1 to 1e10"
     return None
 
-
-@contextlib.contextmanager
-def sigterm_as_exit() -> Iterator[None]:
-    """SIGTERM (make's or CI's) unwinds like Ctrl-C, so that the lab is cleaned up."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:

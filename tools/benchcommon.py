@@ -1,0 +1,62 @@
+"""What the benchmark scripts in tools/ share: progress logging, SIGTERM handling, the machine
+they ran on, and which clearipctl to start."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (make's or CI's) unwinds like Ctrl-C, so that what a benchmark started (relay,
+    harness, lab) is stopped by PID and cleaned up on the way out."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def machine_info() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    autogroup = None
+    with contextlib.suppress(OSError):
+        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "hostname": platform.node(),
+        "loadavg_at_start": list(os.getloadavg()),
+        "sched_autogroup": autogroup,
+    }
+
+
+def default_clearipctl() -> Path:
+    """The clearipctl next to the running Python (a venv), else this checkout's .venv one."""
+    beside = Path(sys.executable).parent / "clearipctl"
+    return beside if beside.exists() else REPO / ".venv" / "bin" / "clearipctl"
