@@ -140,6 +140,9 @@ class Worker:
         self._stop = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._latency = self.counters.latency.append
+        # the sockets this worker binds at start; a reload keeps them (and so these)
+        listen = config.listen
+        self._listen_by_transport = {"udp": listen.udp, "tcp": listen.tcp, "tls": listen.tls}
         self.apply_trust()
 
     # -- Environment -------------------------------------------------------------------------------
@@ -166,8 +169,7 @@ class Worker:
         return host
 
     def _listeners_for(self, transport: str) -> tuple[Any, ...]:
-        listen = self.config.listen
-        return {"udp": listen.udp, "tcp": listen.tcp, "tls": listen.tls}.get(transport, ())
+        return self._listen_by_transport.get(transport, ())
 
     def via_address(self, transport: str, dest_host: str) -> Address:
         listeners = self._listeners_for(transport) or self.config.listen.udp
