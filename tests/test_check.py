@@ -157,12 +157,11 @@ def test_port_of_running_proxy_is_ok(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert mine.ok and "in use by the running proxy" in mine.detail
 
 
+@pytest.mark.timeout(30)  # a lookup that hung would fail the test here
 def test_unresolvable_clearip_fails_fast_with_fix(
     config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    start = time.monotonic()
     code, out, _ = run(capsys, "--config", str(config_file))
-    assert time.monotonic() - start < 10
     assert code == 1
     failures = lines_of(out, "[FAIL]")
     assert len(failures) == 1 and "clearip dns" in failures[0], out
@@ -170,6 +169,7 @@ def test_unresolvable_clearip_fails_fast_with_fix(
     assert "fix: " in out
 
 
+@pytest.mark.timeout(20)  # the stuck lookup sleeps 30 s: only the check's own bound ends it
 def test_dns_timeout_is_a_failure_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
     def stuck(*args: object, **kwargs: object) -> list[object]:
         time.sleep(30)
@@ -177,9 +177,7 @@ def test_dns_timeout_is_a_failure_not_a_hang(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(checks.socket, "getaddrinfo", stuck)
     config = Config()  # the default ClearIP host; the lookup never answers
-    start = time.monotonic()
     results = checks.check_clearip(config, timeout=0.2)
-    assert time.monotonic() - start < 2
     assert [(c.name, c.status) for c in results] == [("clearip dns", "fail")]
     assert "no answer within" in results[0].detail and results[0].fix
 

@@ -783,9 +783,7 @@ def test_lab_pinhole_admits_rogue_until_removed_or_expired(rig: Rig) -> None:
 def test_lab_tcp_syn_from_rogue_dropped_client_connects(rig: Rig) -> None:
     assert rig.connect(rig.client, timeout=5) == 0
     before = rig.counter(rig.rogue.ip, "dropped_untrusted_pkts")
-    t0 = time.monotonic()
     assert rig.connect(rig.rogue, timeout=0.5) == 3  # SYN dropped: no RST, a timeout
-    assert time.monotonic() - t0 < 5
     assert rig.counter(rig.rogue.ip, "dropped_untrusted_pkts") > before
     assert ("tcp", rig.client.ip, b"") in rig.received()
     assert not any(proto == "tcp" and src == rig.rogue.ip for proto, src, _ in rig.received())

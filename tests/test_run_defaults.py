@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -70,9 +69,7 @@ metrics = ""
         assert {(x["transport"], x["address"]) for x in status["listeners"]} == {
             ("udp", "0.0.0.0:5060"), ("tcp", "0.0.0.0:5060"), ("tls", "0.0.0.0:5061"),
         }  # fmt: skip
-        start = time.monotonic()
-        assert proxy.stop(proc, grace=15) == 0
-        assert time.monotonic() - start < 10
+        assert proxy.stop(proc, grace=15) == 0  # 0: stopped by SIGTERM, not killed
 
 
 def _config_for(tmp_path: Path, enabled: str) -> Path:
