@@ -29,7 +29,8 @@ from clearip import __version__, trust
 from clearip.config import Config, ConfigError, default_config, load_config
 from clearip.ctlsock import ControlError, ControlServer, Handler, OpError
 from clearip.logsetup import set_level
-from clearip.relay.counters import COUNTER_NAMES
+from clearip.relay.counters import COUNTER_NAMES, SOURCE_COUNTER_NAMES
+from clearip.relay.tap import TRANSPORTS, check_transports
 from clearip.workerlink import WorkerChannel, WorkerError
 
 __all__ = [
@@ -308,7 +309,6 @@ class Supervisor:
         self._reload_lock = asyncio.Lock()
         self._slots: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        # The control ops; allow/deny/trusted/tap are one entry each when they land.
         self._ops: dict[str, Handler] = {
             "ping": self._op_ping,
             "status": self._op_status,
@@ -316,7 +316,11 @@ class Supervisor:
             "allow": self._op_allow,
             "deny": self._op_deny,
             "trusted": self._op_trusted,
+            "tap": self._op_tap,
+            "untap": self._op_untap,
         }
+        # live `capture --decrypted` sockets -> transports; handed to restarted workers too
+        self._taps: dict[str, list[str]] = {}
         self._trust_lock = asyncio.Lock()
         # The kernel fast path (nftables + eBPF), when it is loaded: set by the fast-path
         # manager; None means the relay's own check is the only enforcer.
@@ -554,6 +558,14 @@ class Supervisor:
                 )
             except WorkerError as e:
                 log.error("relay %s: could not apply the running config: %s", worker.name, e)
+        for path, transports in list(self._taps.items()):
+            if not os.path.exists(path):  # that capture has ended without saying so
+                del self._taps[path]
+                continue
+            try:
+                await worker.channel.call("tap", path=path, transports=transports, timeout=5.0)
+            except WorkerError as e:
+                log.error("relay %s: could not restore capture tap %s: %s", worker.name, path, e)
 
     async def _stop(self) -> None:
         self._stopping = True
@@ -773,6 +785,40 @@ class Supervisor:
 
     async def _op_reload(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self.reload()
+
+    # --- the capture tap (SPEC §6 `capture --decrypted`) ---
+
+    async def _op_tap(self, args: dict[str, Any]) -> dict[str, Any]:
+        path = args.get("path")
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise OpError("tap: 'path' must be the absolute path of the capture's socket")
+        try:
+            transports = list(check_transports(args.get("transports") or TRANSPORTS))
+        except (TypeError, ValueError) as e:
+            raise OpError(f"tap: {e}") from None
+        self._taps[path] = transports
+        try:
+            workers = await self._broadcast("tap", path=path, transports=transports)
+        except OpError:
+            await self._untap(path)
+            raise
+        log.info("capture tap on for %s (%s)", path, ", ".join(transports))
+        return {"workers": workers}
+
+    async def _op_untap(self, args: dict[str, Any]) -> dict[str, Any]:
+        path = args.get("path")
+        if not isinstance(path, str):
+            raise OpError("untap: 'path' must be the capture's socket path")
+        await self._untap(path)
+        log.info("capture tap off for %s", path)
+        return {}
+
+    async def _untap(self, path: str) -> None:
+        self._taps.pop(path, None)
+        try:
+            await self._broadcast("untap", path=path)
+        except OpError as e:
+            log.warning("%s (the relay drops the tap itself once the capture is gone)", e)
 
     # --- the trusted list (SPEC §2 allow/deny/trusted, §5) ---
 

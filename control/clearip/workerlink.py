@@ -127,6 +127,14 @@ class WorkerHandler(Protocol):
         """Replace the relay's own trusted list (its second line behind the fast path)."""
         ...
 
+    def add_tap(self, path: str, transports: list[str]) -> None:
+        """Copy every message on these transports to the capture's Unix datagram socket."""
+        ...
+
+    def remove_tap(self, path: str) -> None:
+        """Stop copying to that socket (unknown paths are fine)."""
+        ...
+
     async def shutdown(self, grace: float) -> None:
         """Stop taking new calls, let calls being set up finish for at most `grace` seconds,
         close the listeners; return when done. The worker process exits after the link's
@@ -161,6 +169,8 @@ class WorkerLink:
             "stats": self._op_stats,
             "reload": self._op_reload,
             "trusted": self._op_trusted,
+            "tap": self._op_tap,
+            "untap": self._op_untap,
             "shutdown": self._op_shutdown,
         }
 
@@ -245,6 +255,22 @@ class WorkerLink:
         if not isinstance(cidrs, list) or not all(isinstance(c, str) for c in cidrs):
             raise ValueError("'cidrs' must be a list of strings")
         self._handler.set_trusted(cidrs)
+        return None
+
+    async def _op_tap(self, message: dict[str, Any]) -> Any:
+        path, transports = message.get("path"), message.get("transports")
+        if not isinstance(path, str) or not path:
+            raise ValueError("'path' must be a socket path")
+        if not isinstance(transports, list) or not all(isinstance(t, str) for t in transports):
+            raise ValueError("'transports' must be a list of strings")
+        self._handler.add_tap(path, transports)
+        return None
+
+    async def _op_untap(self, message: dict[str, Any]) -> Any:
+        path = message.get("path")
+        if not isinstance(path, str):
+            raise ValueError("'path' must be a socket path")
+        self._handler.remove_tap(path)
         return None
 
     async def _op_shutdown(self, message: dict[str, Any]) -> Any:

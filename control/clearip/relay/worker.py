@@ -24,16 +24,19 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 import zlib
 from time import perf_counter
 from typing import Any
 
 from clearip.config import Config, ConfigError, load_config
+from clearip.hep import HepSink, resolve_collector
 from clearip.relay.core import ProxyCore
 from clearip.relay.counters import Counters
 from clearip.relay.events import PRIVATE_PORT_OFFSET, Address, Flow, Send
 from clearip.relay.handoff import Handoff
 from clearip.relay.streams import ConnectionTable, StreamConnection
+from clearip.relay.tap import SocketSink, TapRecord
 from clearip.relay.upstream import UpstreamLink
 from clearip.trust import TrustList, load_state
 
@@ -140,6 +143,10 @@ class Worker:
         self._stop = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._latency = self.counters.latency.append
+        # copies of every message for `capture --decrypted` and HEP3; empty: no cost
+        self.taps: list[Any] = []
+        self.hep: HepSink | None = None
+        self.hep_configured: tuple[str, int] | None = None
         # the sockets this worker binds at start; a reload keeps them (and so these)
         listen = config.listen
         self._listen_by_transport = {"udp": listen.udp, "tcp": listen.tcp, "tls": listen.tls}
@@ -249,6 +256,7 @@ class Worker:
             source_ip=source,
         )
         self.link.start()
+        self._set_hep(cfg)
         self.loop.create_task(self._sweep_idle())
 
     async def _open_udp(self, local: Address, *, shared: bool) -> UdpEndpoint:
@@ -392,6 +400,8 @@ class Worker:
 
     def _receive(self, data: bytes, flow: Flow) -> None:
         started = perf_counter()
+        if self.taps:
+            self._tap("in", flow.transport, flow.remote, flow.local, data, flow.upstream)
         try:
             self.core.receive(data, flow, self._now())
         except Exception:  # a bug must cost one message, never the worker or its timers
@@ -435,6 +445,8 @@ class Worker:
             conn = self.link.get(target.conn) if self.link and target.conn is not None else None
             if conn is None or not conn.write(item.data):
                 self._failed(item)
+            elif self.taps:
+                self._tap("out", conn.name, conn.local, conn.remote, item.data, True)
             return
         if target.transport == "udp":
             self._send_udp(item)
@@ -462,6 +474,8 @@ class Worker:
             self._failed(item)
             return
         ep.transport.sendto(item.data, (host, target.port))
+        if self.taps:
+            self._tap("out", "udp", ep.local, (host, target.port), item.data)
 
     async def _resolve_and_send(self, item: Send) -> None:
         assert self.loop is not None
@@ -484,6 +498,8 @@ class Worker:
         if conn is None or conn.closed:
             conn = self.streams.find(target.transport, target.host, target.port)
         if conn is not None and conn.write(item.data):
+            if self.taps:
+                self._tap("out", conn.name, conn.local, conn.remote, item.data)
             return
         key = (target.transport, target.host, target.port)
         pending = self._pending_connects.get(key)
@@ -527,7 +543,67 @@ class Worker:
         for item in self._pending_connects.pop(key, []):
             if not conn.write(item.data):
                 self._failed(item)
+            elif self.taps:
+                self._tap("out", conn.name, conn.local, conn.remote, item.data)
         self._flush()
+
+    # -- tap ---------------------------------------------------------------------------------------
+
+    def _tap(
+        self,
+        direction: str,
+        transport: str,
+        src: Address,
+        dst: Address,
+        data: bytes,
+        upstream: bool = False,
+    ) -> None:
+        # a socket bound to a wildcard has no address of its own: name the one the peer sees
+        if _wildcard(src[0]):
+            src = (self._local_host_toward(dst[0], ()), src[1])
+        elif _wildcard(dst[0]):
+            dst = (self._local_host_toward(src[0], ()), dst[1])
+        record = TapRecord(time.time(), direction, transport, src, dst, data, upstream)
+        dead = False
+        for sink in self.taps:
+            if sink.wants(transport):
+                sink.emit(record)
+                dead = dead or sink.dead
+        if dead:
+            for sink in [s for s in self.taps if s.dead]:
+                log.info("capture tap %s has gone; stopped copying to it", sink.path)
+                self.remove_tap(sink.path)
+
+    def add_tap(self, path: str, transports: list[str]) -> None:
+        self.remove_tap(path)
+        self.taps.append(SocketSink(path, transports))
+
+    def remove_tap(self, path: str) -> None:
+        for sink in [s for s in self.taps if getattr(s, "path", None) == path]:
+            self.taps.remove(sink)
+            sink.close()
+
+    def _set_hep(self, config: Config) -> None:
+        """Start, move or stop HEP3 export to match `control.hep` (at start and on reload)."""
+        want = config.control.hep
+        if self.hep is not None:
+            if want is not None and (want.host, want.port) == self.hep_configured:
+                return
+            self.taps.remove(self.hep)
+            self.hep.close()
+            self.hep = None
+        if want is None:
+            return
+        try:
+            address = resolve_collector(want.host, want.port)
+        except OSError as e:
+            log.error("HEP export off: cannot resolve collector %s:%d: %s", want.host, want.port, e)
+            return
+        self.hep = HepSink(address)
+        self.hep_configured = (want.host, want.port)
+        self.taps.append(self.hep)
+        if self.index == 0:
+            log.info("HEP3 export to %s:%d", *address)
 
     def _failed(self, item: Send) -> None:
         if item.token is not None:
@@ -541,6 +617,11 @@ class Worker:
         snap["listeners"] = self.listeners
         snap["upstream"] = self.link.status() if self.link else {"state": "down"}
         snap["handoff_local"] = self.handoff.overflow if self.handoff else 0
+        snap["tap"] = {
+            "captures": sum(1 for s in self.taps if s is not self.hep),
+            "dropped": sum(s.dropped for s in self.taps),
+            "hep_sent": self.hep.sent if self.hep is not None else 0,
+        }
         snap["transactions"] = {
             "server": len(self.core.server_txs),
             "client": len(self.core.client_txs),
@@ -554,6 +635,7 @@ class Worker:
         self.config = config
         self.core.config = config
         self.apply_trust()
+        self._set_hep(config)
 
     def set_trusted(self, cidrs: list[str]) -> None:
         self.trust.set(ipaddress.ip_network(c) for c in cidrs)
