@@ -12,7 +12,7 @@ import pytest
 
 from clearip import checks
 from clearip.cli import main
-from clearip.config import Config, load_config
+from clearip.config import Config, load_config, parse_config
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
@@ -356,3 +356,12 @@ def test_fastpath_on_failure_is_a_failure(tmp_path: Path, monkeypatch: pytest.Mo
         assert (bcc.name, bcc.status) == ("bcc", status)
         assert bcc.fix == "apt-get install python3-bpfcc"
         path.write_text(path.read_text().replace(f"enabled = {mode}", "enabled = false"))
+
+
+def test_hep_collector_checked_when_configured() -> None:
+    assert checks.check_hep(Config()).detail == "off (control.hep is empty)"
+    on = parse_config('[control]\nhep = "127.0.0.1:9060"\n')
+    assert checks.check_hep(on).status == "ok" and "127.0.0.1:9060" in checks.check_hep(on).detail
+    bad = parse_config('[control]\nhep = "homer.invalid:9060"\n')
+    result = checks.check_hep(bad, timeout=3.0)
+    assert result.status == "warn" and "homer.invalid" in result.detail and result.fix

@@ -442,6 +442,24 @@ def check_clearip(config: Config, timeout: float = NETWORK_TIMEOUT) -> list[Chec
     return out
 
 
+def check_hep(config: Config, timeout: float = NETWORK_TIMEOUT) -> Check:
+    hep = config.control.hep
+    if hep is None:
+        return Check("hep export", True, "off (control.hep is empty)")
+    try:
+        addresses = _resolve(hep.host, hep.port, timeout)
+    except (OSError, TimeoutError) as e:
+        return Check(
+            "hep export",
+            False,
+            f"collector {hep.host}:{hep.port} does not resolve: {e}",
+            "fix control.hep (host:port of the HOMER/heplify collector) or its DNS name; "
+            "calls are relayed anyway, only the HEP copies are lost",
+            warning=True,
+        )
+    return Check("hep export", True, f"HEP3 over UDP to {addresses[0][0]}:{hep.port}")
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -475,6 +493,7 @@ def run_checks(config_path: str | None, config: Config, *, network: bool = True)
     ]
     if network:
         probes.append(("clearip", lambda: check_clearip(config)))
+        probes.append(("hep export", lambda: check_hep(config)))
     for name, probe in probes:
         checks += _guarded(name, probe)
     if not network:
