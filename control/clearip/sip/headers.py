@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from clearip.sip.errors import SipProtocolError
@@ -111,19 +112,13 @@ def unfold(value: bytes) -> bytes:
     return value.strip(b" \t")
 
 
-def split_list(value: bytes) -> list[bytes]:
-    """Split a list header value at commas outside quoted strings and <...>."""
-    if b"," not in value:
-        stripped = value.strip(b" \t")
-        return [stripped] if stripped else []
-    if b'"' not in value and b"<" not in value:
-        return [part.strip(b" \t") for part in value.split(b",") if part.strip(b" \t")]
-    parts: list[bytes] = []
-    start = 0
-    i = 0
-    n = len(value)
+def _list_commas(value: bytes) -> Iterator[int]:
+    """Indexes of the commas that separate list elements: those outside quoted strings and
+    <...>. Raises SipProtocolError, once exhausted, if a quote or an angle is left open."""
     in_quote = False
     in_angle = False
+    i = 0
+    n = len(value)
     while i < n:
         c = value[i]
         if in_quote:
@@ -138,15 +133,28 @@ def split_list(value: bytes) -> list[bytes]:
         elif c == 0x3E:
             in_angle = False
         elif c == 0x2C and not in_angle:
-            part = value[start:i].strip(b" \t")
-            if part:
-                parts.append(part)
-            start = i + 1
+            yield i
         i += 1
     if in_quote:
         raise SipProtocolError("unterminated quoted string in header value")
     if in_angle:
         raise SipProtocolError("unterminated <...> in header value")
+
+
+def split_list(value: bytes) -> list[bytes]:
+    """Split a list header value at commas outside quoted strings and <...>."""
+    if b"," not in value:
+        stripped = value.strip(b" \t")
+        return [stripped] if stripped else []
+    if b'"' not in value and b"<" not in value:
+        return [part.strip(b" \t") for part in value.split(b",") if part.strip(b" \t")]
+    parts: list[bytes] = []
+    start = 0
+    for comma in _list_commas(value):
+        part = value[start:comma].strip(b" \t")
+        if part:
+            parts.append(part)
+        start = comma + 1
     part = value[start:].strip(b" \t")
     if part:
         parts.append(part)
@@ -162,31 +170,14 @@ def first_element_end(value: bytes) -> int:
     `value` may still hold its folds (CRLF + whitespace): this is what lets an edit drop the
     first element of a line and keep every byte of the others as written.
     """
-    in_quote = False
-    in_angle = False
-    seen = False  # a non-space character of the first element was met
-    i = 0
-    n = len(value)
-    while i < n:
-        c = value[i]
-        if in_quote:
-            if c == 0x5C:  # backslash: quoted-pair
-                i += 1
-            elif c == 0x22:
-                in_quote = False
-        elif c == 0x2C and not in_angle:
-            if seen:
-                return i
-        else:
-            if c == 0x22:
-                in_quote = True
-            elif c == 0x3C:
-                in_angle = True
-            elif c == 0x3E:
-                in_angle = False
-            if c not in _LIST_SPACE:
-                seen = True
-        i += 1
+    start = 0
+    try:
+        for comma in _list_commas(value):
+            if value[start:comma].strip(_LIST_SPACE):
+                return comma
+            start = comma + 1
+    except SipProtocolError:
+        pass  # the element runs to the end of the value
     return -1
 
 
