@@ -24,10 +24,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import ipaddress
 import json
 import math
+import os
 import re
 import secrets
 import signal
@@ -45,10 +45,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, cast
 from urllib.parse import quote
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from clearip import stir
 from clearip.sip.errors import SipProtocolError
@@ -56,6 +53,7 @@ from clearip.sip.framing import PING, PONG_BYTES, StreamFramer
 from clearip.sip.limits import MAX_MESSAGE_BYTES
 from clearip.sip.message import Request, Response, build_response, parse_message
 from clearip.sip.uri import parse_uri, user_number
+from clearip.tlscert import self_signed
 
 __all__ = [
     "Contact",
@@ -424,29 +422,17 @@ class Listen:
 
 def self_signed_cert(directory: Path, hosts: Sequence[str] = ()) -> tuple[Path, Path]:
     """A throw-away certificate for localhost, 127.0.0.1, ::1 and `hosts`; (cert, key) paths."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    ips = []
     for host in {"127.0.0.1", "::1", *hosts}:
         with contextlib.suppress(ValueError):
-            ip = ipaddress.ip_address(host)
-            if not ip.is_unspecified:
-                names.append(x509.IPAddress(ip))
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clearip-emulator")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+            if not ipaddress.ip_address(host).is_unspecified:
+                ips.append(host)
+    cert, key = self_signed("clearip-emulator", dns=["localhost"], ips=sorted(ips), days=365)
     cert_path, key_path = directory / "emulator-cert.pem", directory / "emulator-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    stir.save_key(key, key_path)
+    cert_path.write_bytes(cert)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
     return cert_path, key_path
 
 
