@@ -38,6 +38,7 @@ def _status() -> dict[str, Any]:
     two["counters"].update(messages_in=5, invites=1, clearip_unavailable=1, calls_active=2)
     one["finals"], two["finals"] = {"200": 2, "503": 1}, {"503": 1}
     one["attestation"], two["attestation"] = {"A": 1}, {"A": 1, "C": 1}
+    one["tap"], two["tap"] = {"captures": 0, "dropped": 1, "hep_sent": 30}, {"hep_sent": 12}
     merged = aggregate_stats([one, two], default_config())
     return {
         **merged,
@@ -109,6 +110,8 @@ def test_collector_exposes_every_metric() -> None:
         "clearip_kernel_dropped_nonsip_packets_total": 0,
         "clearip_workers": 1,
         "clearip_workers_restarted_total": 3,
+        "clearip_hep_messages_total": 42,
+        "clearip_tap_dropped_total": 1,
         # ClearIP round trips 3, 5, 40, 7000 ms: cumulative, in seconds
         'clearip_clearip_rtt_seconds_bucket{le="0.005"}': 2,
         'clearip_clearip_rtt_seconds_bucket{le="0.01"}': 2,

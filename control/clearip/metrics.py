@@ -38,6 +38,11 @@ ClearIP link and fast path
 - `clearip_kernel_dropped_nonsip_packets_total`: packets the fast path dropped as not SIP.
   (The three kernel counters stay 0 while the fast path is off.)
 
+Message copies (`clearipctl capture --decrypted` and HEP3 export, `control.hep`)
+- `clearip_hep_messages_total`: SIP messages sent to the HEP3 collector.
+- `clearip_tap_dropped_total`: copies lost because a capture or the collector's socket was full
+  (the calls themselves are never held up by a copy).
+
 Histograms (seconds; `_bucket{le}` cumulative, `_sum`, `_count`)
 - `clearip_clearip_rtt_seconds`: ClearIP round trip, request sent to final answer read; buckets
   0.005 0.01 0.025 0.05 0.1 0.25 0.5 1 2.5 5 +Inf.
@@ -225,6 +230,16 @@ class StatusCollector(Collector):
             histogram = HistogramMetricFamily(name, doc)
             histogram.add_metric([], buckets, total)
             yield histogram
+
+        tap = _table(status.get("tap"))
+        hep = CounterMetricFamily("clearip_hep_messages", "SIP messages sent to the HEP collector")
+        hep.add_metric([], _num(tap.get("hep_sent")))
+        yield hep
+        dropped = CounterMetricFamily(
+            "clearip_tap_dropped", "Message copies lost to a full capture or collector socket"
+        )
+        dropped.add_metric([], _num(tap.get("dropped")))
+        yield dropped
 
         workers = status.get("workers")
         ready = GaugeMetricFamily("clearip_workers", "Relay worker processes ready")
