@@ -292,11 +292,17 @@ def test_re_invite_in_dialog_is_relayed() -> None:
     to_b = only(rig.from_clearip(redirect(to_ci, CONTACTS)), to=PROV_B)
     ok = response_to(to_b, 200, "OK", mirror_rr=True, extra="Contact: <sip:b@10.0.0.14:5060>")
     only(rig.feed(ok, PROV_B), to=SWITCH)
-    reinvite = invite(
-        uri="sip:b@10.0.0.14:5060", branch="z9hG4bK-re", extra="Route: <sip:10.0.0.1:5060;lr>\r\n"
-    ).replace(b"CSeq: 1 INVITE", b"CSeq: 2 INVITE").replace(
-        b"To: <sip:+12025550123@10.0.0.1;user=phone>",
-        b"To: <sip:+12025550123@10.0.0.1;user=phone>;tag=uas-tag",
+    reinvite = (
+        invite(
+            uri="sip:b@10.0.0.14:5060",
+            branch="z9hG4bK-re",
+            extra="Route: <sip:10.0.0.1:5060;lr>\r\n",
+        )
+        .replace(b"CSeq: 1 INVITE", b"CSeq: 2 INVITE")
+        .replace(
+            b"To: <sip:+12025550123@10.0.0.1;user=phone>",
+            b"To: <sip:+12025550123@10.0.0.1;user=phone>;tag=uas-tag",
+        )
     )
     out = rig.feed(reinvite, SWITCH)
     assert [m.status for m in msgs(out, to=SWITCH)] == [100]
@@ -346,8 +352,99 @@ def test_stray_in_dialog_request_for_us_is_not_forwarded_to_ourselves() -> None:
     )
     resp = only(rig.feed(bye, SWITCH))
     assert resp.status == 481
-    ack = bye.replace(b"BYE sip", b"ACK sip").replace(b"2 BYE", b"2 ACK").replace(
-        b"z9hG4bK-stray", b"z9hG4bK-stray-ack"
+    ack = (
+        bye.replace(b"BYE sip", b"ACK sip")
+        .replace(b"2 BYE", b"2 ACK")
+        .replace(b"z9hG4bK-stray", b"z9hG4bK-stray-ack")
     )
     assert rig.feed(ack, SWITCH) == []
     assert not rig.core.client_txs
+
+
+# -- per-source counters and the verification mix (SPEC §6) ---------------------------------------
+
+
+def test_verdicts_and_calls_active_counted_per_source() -> None:
+    rig = Rig()
+    to_ci = start_call(rig)
+    assert rig.counters.sources[SWITCH[0]]["calls_active"] == 1
+    to_b = only(rig.from_clearip(redirect(to_ci, CONTACTS)), to=PROV_B)
+    ok = response_to(to_b, 200, "OK", mirror_rr=True, extra="Contact: <sip:b@10.0.0.14:5060>")
+    only(rig.feed(ok, PROV_B), to=SWITCH)
+    # answered: still in progress, as a dialog, until its BYE
+    assert rig.counters.sources[SWITCH[0]]["calls_active"] == 1
+    fwd = only(rig.feed(bye_from_callee(to_b), PROV_B), to=SWITCH)
+    rig.feed(response_to(fwd, 200, "OK", to_tag=None), SWITCH)
+    # a second caller: ClearIP declines
+    other = ("10.0.0.12", 5060)
+    to_ci = only(
+        rig.feed(invite(call_id="c2", branch="z9hG4bK-c2", src=other), other), upstream=True
+    )
+    rig.from_clearip(response_to(to_ci, 603, "Decline"))
+    # and a third call from the switch finds no ClearIP link
+    rig.core.link_down(1, rig.now)
+    rig.feed(invite(call_id="c3", branch="z9hG4bK-c3"), SWITCH)
+    switch = rig.counters.sources[SWITCH[0]]
+    assert switch == {
+        "messages_in": 3,  # INVITE, the 200 to the BYE, INVITE
+        "invites": 2,
+        "clearip_302": 1,
+        "clearip_unavailable": 1,
+        "calls_active": 0,
+    }
+    assert rig.counters.sources[other[0]] == {
+        "messages_in": 1,
+        "invites": 1,
+        "clearip_603": 1,
+        "calls_active": 0,
+    }
+    assert rig.counters.sources[PROV_B[0]] == {"messages_in": 2}  # its 200 and its BYE
+    assert rig.counters.values["calls_active"] == 0
+
+
+def test_timeout_counted_per_source() -> None:
+    rig = Rig()
+    start_call(rig)
+    rig.advance(2.1)
+    assert rig.counters.sources[SWITCH[0]]["clearip_timeout"] == 1
+    assert rig.counters.sources[SWITCH[0]]["calls_active"] == 0
+
+
+def test_sources_past_the_limit_share_one_entry() -> None:
+    from clearip.relay.counters import OTHER_SOURCE, Counters
+
+    counters = Counters(max_sources=2)
+    for ip in ("192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"):
+        counters.count("calls_active", ip)
+    counters.count("calls_active", "192.0.2.4", -1)
+    assert counters.sources == {
+        "192.0.2.1": {"calls_active": 1},
+        "192.0.2.2": {"calls_active": 1},
+        OTHER_SOURCE: {"calls_active": 1},
+    }
+    assert counters.values["calls_active"] == 3
+
+
+def test_verstat_counted_from_p_asserted_identity() -> None:
+    rig = Rig()
+    pai = (
+        "P-Asserted-Identity: <sip:+13035550199@ci.example;user=phone;verstat=TN-Validation-Passed>"
+    )
+    to_ci = start_call(rig)
+    out = rig.from_clearip(redirect(to_ci, CONTACTS, identity=None, extra=pai))
+    prov = only(out, to=PROV_B)
+    assert b"verstat=TN-Validation-Passed" in (prov.get("p-asserted-identity") or b"")
+    # in the first Contact's embedded headers, tel URI form
+    to_ci = start_call(rig, call_id="c2", branch="z9hG4bK-c2")
+    embedded = (
+        "<sip:+12025550123@10.0.0.13:5060;user=phone"
+        "?P-Asserted-Identity=%3Ctel:%2B13035550199%3Bverstat%3DTN-Validation-Failed%3E>"
+    )
+    rig.from_clearip(redirect(to_ci, embedded, identity=None))
+    # no verstat at all: nothing counted
+    to_ci = start_call(rig, call_id="c3", branch="z9hG4bK-c3")
+    rig.from_clearip(redirect(to_ci, CONTACTS))
+    assert rig.counters.verstat == {"TN-Validation-Passed": 1, "TN-Validation-Failed": 1}
+    assert rig.counters.attestation == {"A": 1}
+    snap = rig.counters.snapshot()
+    assert snap["verstat"] == {"TN-Validation-Passed": 1, "TN-Validation-Failed": 1}

@@ -24,6 +24,7 @@ from clearip import __version__
 from clearip.config import ConfigError, default_config, parse_config
 from clearip.ctlsock import ControlError, request
 from clearip.logsetup import journal_stream, setup_logging
+from clearip.relay.counters import SOURCE_COUNTER_NAMES
 from clearip.supervisor import (
     COUNTER_NAMES,
     KERNEL_COUNTER_NAMES,
@@ -84,7 +85,10 @@ def write_config(path: Path, run_dir: Path, extra: str = "") -> None:
 def worker_stats(index: int, state: str = "connected", rtt: float | None = 10.0) -> dict[str, Any]:
     return {
         "counters": {"messages_in": 5, "invites": 2, "clearip_302": 1, "extra_count": index},
-        "sources": {"192.0.2.1": {"messages_in": 3, "invites": 1}, "other": {"messages_in": 1}},
+        "sources": {
+            "192.0.2.1": {"messages_in": 3, "invites": 1, "clearip_302": 1, "calls_active": index},
+            "other": {"messages_in": 1},
+        },
         "listeners": [
             {"transport": "udp", "address": "0.0.0.0:5060"},
             {"transport": "tls", "address": "0.0.0.0:5061"},
@@ -92,6 +96,8 @@ def worker_stats(index: int, state: str = "connected", rtt: float | None = 10.0)
         "upstream": {"state": state, "transport": "tls", "tls_version": "TLSv1.3", "rtt_ms": rtt},
         "latency": {"p50": 1.0 + index, "p99": None},
         "finals": {"200": 2, "503": index},
+        "attestation": {"A": 1, "C": index},
+        "verstat": {"TN-Validation-Passed": 2, "No-TN-Validation": index},
     }
 
 
@@ -110,18 +116,25 @@ def test_aggregate_sums_counters_and_sources() -> None:
         {"transport": "tls", "address": "0.0.0.0:5061"},
     ]
     zeros = dict.fromkeys(KERNEL_COUNTER_NAMES, 0)
+    sip_zeros = dict.fromkeys(SOURCE_COUNTER_NAMES, 0)
     assert merged["sources"] == [
         {
             "address": "192.0.2.1",
             "trusted": True,
             "kernel": zeros,
-            "sip": {"messages_in": 6, "invites": 2},
+            "sip": {
+                **sip_zeros,
+                "messages_in": 6,
+                "invites": 2,
+                "clearip_302": 2,
+                "calls_active": 1,
+            },
         },
         {
             "address": "other",
             "trusted": False,
             "kernel": zeros,
-            "sip": {"messages_in": 2, "invites": 0},
+            "sip": {**sip_zeros, "messages_in": 2},
         },
     ]
     assert merged["upstream"] == {
@@ -132,6 +145,8 @@ def test_aggregate_sums_counters_and_sources() -> None:
     }
     assert merged["latency"] == {"p50": 2.0}  # worst of the workers
     assert merged["finals"] == {"200": 4, "503": 1}  # summed
+    assert merged["attestation"] == {"A": 2, "C": 1}
+    assert merged["verstat"] == {"TN-Validation-Passed": 4, "No-TN-Validation": 1}
 
 
 @pytest.mark.parametrize(
@@ -152,9 +167,17 @@ def test_upstream_state_merge(states: list[str], expected: str) -> None:
 
 
 def test_status_contract_has_exactly_the_spec_keys() -> None:
-    out = status_contract({"version": "x", "counters": {"invites": 3}, "workers": []})
+    old_proxy_source = {"address": "192.0.2.1", "trusted": True, "sip": {"invites": 1}}
+    out = status_contract(
+        {"version": "x", "counters": {"invites": 3}, "workers": [], "sources": [old_proxy_source]}
+    )
     assert tuple(out) == STATUS_KEYS
     assert out["counters"] == {**dict.fromkeys(COUNTER_NAMES, 0), "invites": 3}
+    # every per-source key, whatever the proxy reported (more keys may come, none go)
+    [source] = out["sources"]
+    assert source["kernel"] == dict.fromkeys(KERNEL_COUNTER_NAMES, 0)
+    assert source["sip"] == {**dict.fromkeys(SOURCE_COUNTER_NAMES, 0), "invites": 1}
+    assert {"messages_in", "invites"} <= set(SOURCE_COUNTER_NAMES)
 
 
 def test_config_survives_the_link() -> None:
@@ -391,7 +414,11 @@ def test_status_json_is_the_contract_with_summed_counters(proxy: Proxy) -> None:
     assert status["fastpath"]["enabled"] is False
     assert status["fastpath"]["interfaces"] == []
     by_address = {s["address"]: s for s in status["sources"]}
-    assert by_address["192.0.2.1"]["sip"] == {"messages_in": 6, "invites": 2}
+    assert by_address["192.0.2.1"]["sip"] == {
+        **dict.fromkeys(SOURCE_COUNTER_NAMES, 0),
+        "messages_in": 6,
+        "invites": 2,
+    }
     assert set(by_address) == {"192.0.2.1", "198.51.100.1", "198.51.100.2"}
     for source in status["sources"]:
         assert set(source) == {"address", "trusted", "kernel", "sip"}

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from clearip import __version__, trust
+from clearip import __version__, top, trust
 from clearip.config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_config, load_config
 from clearip.ctlsock import ControlError, NotRunning, request
 
@@ -324,6 +324,12 @@ COMMANDS: tuple[Command, ...] = (
         "validate the config and this host: ports, privileges, fast path, ClearIP link",
         cmd_check,
         _check_arguments,
+    ),
+    Command(
+        "top",
+        "live full-screen table of the sources: rates, INVITEs, verdicts, drops (q quits)",
+        top.run,
+        top.add_arguments,
     ),
 )
 

@@ -157,9 +157,9 @@ def aggregate_stats(stats: Iterable[Mapping[str, Any]], config: Config) -> dict[
         for address, counts in (reply.get("sources") or {}).items():
             if not isinstance(counts, Mapping):
                 continue
-            entry = per_source.setdefault(str(address), {"messages_in": 0, "invites": 0})
-            entry["messages_in"] += _int(counts.get("messages_in"))
-            entry["invites"] += _int(counts.get("invites"))
+            entry = per_source.setdefault(str(address), dict.fromkeys(SOURCE_COUNTER_NAMES, 0))
+            for name, value in counts.items():  # a worker creates a key when it first counts it
+                entry[str(name)] = entry.get(str(name), 0) + _int(value)
         for listener in reply.get("listeners") or ():
             if not isinstance(listener, Mapping):
                 continue
@@ -210,7 +210,16 @@ def status_contract(status: Mapping[str, Any]) -> dict[str, Any]:
     counters: dict[str, Any] = dict.fromkeys(COUNTER_NAMES, 0)
     counters.update(status.get("counters") or {})
     out["counters"] = counters
-    out["sources"] = list(status.get("sources") or [])
+    # every per-source counter too, even from a proxy older than this client
+    out["sources"] = [
+        {
+            **source,
+            "kernel": {**dict.fromkeys(KERNEL_COUNTER_NAMES, 0), **(source.get("kernel") or {})},
+            "sip": {**dict.fromkeys(SOURCE_COUNTER_NAMES, 0), **(source.get("sip") or {})},
+        }
+        for source in status.get("sources") or []
+        if isinstance(source, Mapping)
+    ]
     out["listeners"] = list(status.get("listeners") or [])
     return out
 
@@ -735,7 +744,7 @@ class Supervisor:
                     "address": address,
                     "trusted": trusted(address),
                     "kernel": {},
-                    "sip": {"messages_in": 0, "invites": 0},
+                    "sip": dict.fromkeys(SOURCE_COUNTER_NAMES, 0),
                 }
             entry["kernel"] = {name: _int(counts.get(name)) for name in KERNEL_COUNTER_NAMES}
         return sorted(

@@ -13,6 +13,7 @@ answer late (1xx → CANCEL, 2xx → ACK + BYE), never relayed.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,11 @@ warn_log = logging.getLogger("clearip.relay")
 # 404/403 from ClearIP usually means this proxy's address is not registered with ClearIP as an
 # SBC; the hint is logged at most this often (SPEC §3).
 REGISTRATION_HINT_INTERVAL = 60.0
+
+# The verification status ClearIP puts in P-Asserted-Identity for inbound calls (ATIS-1000074
+# `verstat` URI parameter, e.g. TN-Validation-Passed), counted for SPEC §6's mix; a token of
+# bounded length, so odd input cannot grow the table with junk keys.
+_VERSTAT = re.compile(rb";\s*verstat\s*=\s*([\w.-]{1,64})", re.IGNORECASE)
 
 
 @dataclass(slots=True)
@@ -86,6 +92,7 @@ class Call:
         "log",
         "resent",
         "server",
+        "source",
         "stage",
         "started",
         "waiting_for_link",
@@ -96,6 +103,7 @@ class Call:
         self.server = server  # the caller's INVITE server transaction
         self.invite = invite  # as received, minus the Route entries naming us
         self.flow = flow
+        self.source = flow.remote[0]  # the caller's IP: per-source verdicts and calls_active
         self.started = now
         self.stage = "new"
         self.deadline: float | None = None
@@ -120,7 +128,7 @@ class Call:
 
     def start(self, now: float) -> None:
         core = self.core
-        core.counters.inc("calls_active")
+        core.counters.count("calls_active", self.source)
         core.respond(self.server, build_response(self.invite, 100, "Trying"), now)
         core.strip_own_routes(self.invite)
         routing = core.config.routing
@@ -159,7 +167,7 @@ class Call:
         target = core.upstream_target()
         if target is None:
             # the link is down: answer at once so the switch route-advances (SPEC §3)
-            core.counters.inc("clearip_unavailable")
+            core.counters.count("clearip_unavailable", self.source)
             self.log.verdict = "unavailable"
             self._final(cfg.on_failure, "ClearIP unavailable", now)
             return
@@ -187,7 +195,7 @@ class Call:
             core.abandon(self.clearip)
             self.clearip = None
         if self.resent:
-            core.counters.inc("clearip_unavailable")
+            core.counters.count("clearip_unavailable", self.source)
             self.log.verdict = "unavailable"
             self._final(core.config.clearip.on_failure, "ClearIP unavailable", now)
             return
@@ -227,12 +235,12 @@ class Call:
         status = resp.status
         contacts = resp.contacts if 300 <= status < 400 else []
         if isinstance(contacts, list) and contacts:
-            core.counters.inc("clearip_302")
+            core.counters.count("clearip_302", self.source)
             self.log.verdict = str(status)
             self._start_providers(resp, contacts, now)
             return
         name = f"clearip_{status}" if status in (404, 503, 603) else "clearip_other"
-        core.counters.inc(name)
+        core.counters.count(name, self.source)
         self.log.verdict = str(status)
         if status in (403, 404):
             self._registration_hint(status, now)
@@ -268,17 +276,26 @@ class Call:
         self._next_branch(now, retarget=True)
 
     def _note_attestation(self, resp: Response) -> None:
+        """Count the STIR/SHAKEN attestation (Identity) and verification status (verstat in
+        P-Asserted-Identity) ClearIP gave the call: in the 302, or in its first Contact."""
+        embedded = self.candidates[0].headers if self.candidates else []
         identity = resp.get("identity")
-        if identity is None and self.candidates:
-            for name, value in self.candidates[0].headers:
+        if identity is None:
+            for name, value in embedded:
                 if name.lower() in ("identity", "y"):
                     identity = value.encode()
                     break
-        if identity is None:
-            return
-        level = attest_level(identity) or "?"
-        self.log.attest = level
-        self.core.counters.attest(level)
+        if identity is not None:
+            level = attest_level(identity) or "?"
+            self.log.attest = level
+            self.core.counters.attest(level)
+        pais = resp.get_all("p-asserted-identity")
+        pais += [v.encode() for n, v in embedded if n.lower() == "p-asserted-identity"]
+        for pai in pais:
+            found = _VERSTAT.search(pai)
+            if found is not None:
+                self.core.counters.note_verstat(found.group(1).decode("ascii"))
+                break
 
     def _next_branch(self, now: float, *, retarget: bool = True) -> None:
         core = self.core
@@ -408,7 +425,7 @@ class Call:
             return
         core = self.core
         if self.stage == "clearip":
-            core.counters.inc("clearip_timeout")
+            core.counters.count("clearip_timeout", self.source)
             self.log.verdict = "timeout"
             rec = self.clearip
             if rec is not None and rec.tx.got_provisional:
@@ -487,7 +504,7 @@ class Call:
         core = self.core
         core.counters.setup_time((now - self.started) * 1000.0)
         if not 200 <= status < 300:  # an answered call stays active as a dialog until BYE
-            core.counters.inc("calls_active", -1)
+            core.counters.count("calls_active", self.source, -1)
         core.forget_call(self)
         if log.isEnabledFor(logging.INFO):
             self._log_line(status, now)

@@ -425,7 +425,7 @@ class ProxyCore:
         call_id = resp.call_id
         if call_id in self.dialogs:
             return
-        dialog = Dialog(call_id, target.host, call.started + DIALOG_MAX_AGE)
+        dialog = Dialog(call_id, target.host, call.started + DIALOG_MAX_AGE, call.source)
         self.dialogs[call_id] = dialog
         self.open_pinhole(target.host)
         self.arm(dialog)
@@ -435,7 +435,7 @@ class ProxyCore:
         if dialog is not None:
             dialog.deadline = None
             self.close_pinhole(dialog.peer)
-            self.counters.inc("calls_active", -1)
+            self.counters.count("calls_active", dialog.source, -1)
 
     def hang_up_late_2xx(self, rec: TxRecord, resp: Response, now: float) -> None:
         from clearip.relay.dialog import hang_up

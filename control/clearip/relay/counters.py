@@ -6,10 +6,8 @@ from bisect import bisect_left
 from collections import deque
 from typing import Any
 
-# The `counters` keys of the `status --json` contract, in that order.
-COUNTER_NAMES = (
-    "messages_in",
-    "invites",
+# What ClearIP answered a call (or that it could not be asked), in the §6 order.
+VERDICT_NAMES = (
     "clearip_302",
     "clearip_404",
     "clearip_503",
@@ -17,6 +15,13 @@ COUNTER_NAMES = (
     "clearip_other",
     "clearip_timeout",
     "clearip_unavailable",
+)
+
+# The `counters` keys of the `status --json` contract, in that order.
+COUNTER_NAMES = (
+    "messages_in",
+    "invites",
+    *VERDICT_NAMES,
     "failovers",
     "emergency_bypass",
     "malformed",
@@ -28,6 +33,11 @@ COUNTER_NAMES = (
 # summed under one "other" entry.
 MAX_SOURCES = 65536
 OTHER_SOURCE = "other"
+
+# The `sources[].sip` keys of `status --json`: what each source sent and what became of its
+# calls. A worker creates a key only when it first counts it (a flood of spoofed sources costs
+# one small dict each); the supervisor fills in the zeros.
+SOURCE_COUNTER_NAMES = ("messages_in", "invites", *VERDICT_NAMES, "calls_active")
 
 # Histogram bucket upper bounds, ms (Prometheus `le`). Counted per bucket, not cumulatively, so
 # the supervisor's key-by-key sum merges the workers' tables exactly.
@@ -72,16 +82,20 @@ class Counters:
         "hist_clearip_rtt",
         "hist_setup",
         "latency",
+        "max_sources",
         "sources",
         "values",
+        "verstat",
     )
 
     def __init__(self, max_sources: int = MAX_SOURCES) -> None:
         self.values: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
         self.values["internal_errors"] = 0  # bugs caught at the worker's edge; should stay 0
+        self.max_sources = max_sources
         self.sources: dict[str, dict[str, int]] = {}
         self.finals: dict[int, int] = {}  # final response codes sent to callers
         self.attestation: dict[str, int] = {}  # STIR/SHAKEN attest level -> calls
+        self.verstat: dict[str, int] = {}  # P-Asserted-Identity verstat (inbound calls) -> calls
         self._rtt: deque[float] = deque(maxlen=4096)  # recent ClearIP round trips, ms
         # time from reading a message to having sent what it caused, seconds: the delay the
         # relay itself adds (the last ~10 s at a few thousand messages a second)
@@ -92,21 +106,29 @@ class Counters:
     def inc(self, name: str, n: int = 1) -> None:
         self.values[name] += n
 
-    def source(self, ip: str, name: str) -> None:
+    def source(self, ip: str, name: str, n: int = 1) -> None:
         entry = self.sources.get(ip)
         if entry is None:
-            if len(self.sources) >= MAX_SOURCES:
+            if len(self.sources) >= self.max_sources:
                 ip = OTHER_SOURCE
                 entry = self.sources.get(ip)
             if entry is None:
-                entry = self.sources[ip] = {"messages_in": 0, "invites": 0}
-        entry[name] += 1
+                entry = self.sources[ip] = {}
+        entry[name] = entry.get(name, 0) + n
+
+    def count(self, name: str, ip: str, n: int = 1) -> None:
+        """Bump counter `name` in total and for source `ip` (a call's verdict, calls_active)."""
+        self.values[name] += n
+        self.source(ip, name, n)
 
     def final_code(self, status: int) -> None:
         self.finals[status] = self.finals.get(status, 0) + 1
 
     def attest(self, level: str) -> None:
         self.attestation[level] = self.attestation.get(level, 0) + 1
+
+    def note_verstat(self, value: str) -> None:
+        self.verstat[value] = self.verstat.get(value, 0) + 1
 
     def clearip_rtt(self, ms: float) -> None:
         self._rtt.append(ms)
@@ -142,6 +164,7 @@ class Counters:
             "sources": {ip: dict(v) for ip, v in self.sources.items()},
             "finals": {str(k): v for k, v in sorted(self.finals.items())},
             "attestation": dict(self.attestation),
+            "verstat": dict(self.verstat),
             "clearip_rtt_ms": self.rtt_percentiles(),
             "latency": self.latency_percentiles(),
             "hist_clearip_rtt": self.hist_clearip_rtt.table(),

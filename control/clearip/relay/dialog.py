@@ -31,6 +31,7 @@ class Dialog:
     call_id: str
     peer: str  # the next hop's IP, pinholed while the dialog lives
     deadline: float | None
+    source: str  # the caller's IP: its calls_active is counted down when the dialog ends
 
 
 def next_hop(core: ProxyCore, req: Request) -> Target:
