@@ -38,6 +38,7 @@ def _status() -> dict[str, Any]:
     two["counters"].update(messages_in=5, invites=1, clearip_unavailable=1, calls_active=2)
     one["finals"], two["finals"] = {"200": 2, "503": 1}, {"503": 1}
     one["attestation"], two["attestation"] = {"A": 1}, {"A": 1, "C": 1}
+    one["verstat"] = {"TN-Validation-Passed": 3, "No-TN-Validation": 1}
     one["tap"], two["tap"] = {"captures": 0, "dropped": 1, "hep_sent": 30}, {"hep_sent": 12}
     merged = aggregate_stats([one, two], default_config())
     return {
@@ -103,6 +104,8 @@ def test_collector_exposes_every_metric() -> None:
         'clearip_final_responses_total{code="503"}': 2,
         'clearip_attestation_total{level="A"}': 2,
         'clearip_attestation_total{level="C"}': 1,
+        'clearip_verstat_total{status="No-TN-Validation"}': 1,
+        'clearip_verstat_total{status="TN-Validation-Passed"}': 3,
         "clearip_upstream_up": 1,
         "clearip_fastpath_enabled": 1,
         "clearip_kernel_passed_packets_total": 8,

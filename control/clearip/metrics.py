@@ -28,6 +28,9 @@ SIP relay (the relay's own counters, `status --json` `counters`)
 - `clearip_final_responses_total{code}`: final responses sent to callers, by status code.
 - `clearip_attestation_total{level}`: STIR/SHAKEN attestation of routed calls ("A", "B", "C",
   or whatever level the PASSporT carried).
+- `clearip_verstat_total{status}`: verification status ClearIP gave inbound calls (the
+  `verstat` of P-Asserted-Identity: "TN-Validation-Passed", "TN-Validation-Failed",
+  "No-TN-Validation").
 
 ClearIP link and fast path
 - `clearip_upstream_up` (gauge): 1 when every worker's ClearIP link is connected, else 0.
@@ -204,6 +207,13 @@ class StatusCollector(Collector):
         for level, n in sorted(_table(status.get("attestation")).items(), key=lambda kv: kv[0]):
             attestation.add_metric([str(level)], _num(n))
         yield attestation
+
+        verstat = CounterMetricFamily(
+            "clearip_verstat", "STIR/SHAKEN verification status of inbound calls", labels=["status"]
+        )
+        for value, n in sorted(_table(status.get("verstat")).items(), key=lambda kv: kv[0]):
+            verstat.add_metric([str(value)], _num(n))
+        yield verstat
 
         upstream = GaugeMetricFamily("clearip_upstream_up", "1 when the ClearIP link is connected")
         state = _table(status.get("upstream")).get("state")
