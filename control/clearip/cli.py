@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from clearip import __version__, top, trust
+from clearip import __version__, capture, top, trust
 from clearip.config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_config, load_config
 from clearip.ctlsock import ControlError, NotRunning, request
 
@@ -330,6 +330,12 @@ COMMANDS: tuple[Command, ...] = (
         "live full-screen table of the sources: rates, INVITEs, verdicts, drops (q quits)",
         top.run,
         top.add_arguments,
+    ),
+    Command(
+        "capture",
+        "tcpdump-style SIP capture, live or from a pcap; --decrypted shows the TLS legs",
+        capture.run,
+        capture.add_arguments,
     ),
 )
 
