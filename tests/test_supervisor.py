@@ -429,6 +429,7 @@ def test_status_json_is_the_contract_with_summed_counters(proxy: Proxy) -> None:
     assert f"ClearIP In-Line Proxy {__version__}" in human.stdout
     assert "connected (tls, TLSv1.3, rtt 11.0 ms)" in human.stdout
     assert "2/2 running" in human.stdout
+    assert "sources (3; clearipctl top for the live view)" in human.stdout
 
 
 def test_reload_and_a_bad_config_on_sighup(proxy: Proxy) -> None:

@@ -145,14 +145,18 @@ def format_status(status: Mapping[str, Any]) -> str:
     if sources:
         shown = sources[:SOURCES_SHOWN]
         more = f", busiest {len(shown)} shown" if len(sources) > len(shown) else ""
-        lines += ["", f"sources ({len(sources)}{more})"]
-        lines.append(f"  {'address':<40} {'trusted':<8} {'messages_in':>12} {'invites':>12}")
+        lines += ["", f"sources ({len(sources)}{more}; clearipctl top for the live view)"]
+        lines.append(
+            f"  {'address':<40} {'trusted':<8} {'messages_in':>12} {'invites':>10} "
+            f"{'302':>10} {'active':>8}"
+        )
         for source in shown:
             sip = source.get("sip") or {}
             lines.append(
                 f"  {source.get('address', '?'):<40} "
                 f"{'yes' if source.get('trusted') else 'no':<8} "
-                f"{sip.get('messages_in', 0):>12,} {sip.get('invites', 0):>12,}"
+                f"{sip.get('messages_in', 0):>12,} {sip.get('invites', 0):>10,} "
+                f"{sip.get('clearip_302', 0):>10,} {sip.get('calls_active', 0):>8,}"
             )
     return "\n".join(lines)
 
