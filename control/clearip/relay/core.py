@@ -13,7 +13,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from clearip.config import Config
@@ -82,11 +82,9 @@ class TxRecord:
     data: Any = None  # the owner's per-transaction state (e.g. the Branch)
 
 
-@dataclass(order=True, slots=True)
-class _Timer:
-    when: float
-    seq: int
-    obj: Any = field(compare=False)
+# A timer heap entry: (when, sequence, object). A plain tuple, so the heap compares in C (the
+# sequence breaks ties before the object would be compared).
+_Timer = tuple[float, int, Any]
 
 
 class ProxyCore:
@@ -117,18 +115,19 @@ class ProxyCore:
         return out
 
     def next_deadline(self) -> float | None:
-        while self._timers:
-            top = self._timers[0]
-            if _deadline(top.obj) == top.when:
-                return top.when
-            heapq.heappop(self._timers)  # stale: the object moved or dropped its timer
+        timers = self._timers
+        while timers:
+            when, _, obj = timers[0]
+            if _deadline(obj) == when:
+                return when
+            heapq.heappop(timers)  # stale: the object moved or dropped its timer
         return None
 
     def on_timer(self, now: float) -> None:
-        while self._timers and self._timers[0].when <= now:
-            entry = heapq.heappop(self._timers)
-            obj = entry.obj
-            if _deadline(obj) != entry.when:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            when, _, obj = heapq.heappop(timers)
+            if _deadline(obj) != when:
                 continue
             if isinstance(obj, TxRecord):
                 self._tx_events(obj, obj.tx.on_timer(now), now)
@@ -141,7 +140,7 @@ class ProxyCore:
         """(Re)schedule `obj` at its current deadline; stale entries are skipped later."""
         when = _deadline(obj)
         if when is not None:
-            heapq.heappush(self._timers, _Timer(when, next(self._seq), obj))
+            heapq.heappush(self._timers, (when, next(self._seq), obj))
 
     def receive(self, data: bytes, flow: Flow, now: float) -> None:
         """One complete SIP message (a datagram, or one framed from a stream)."""
