@@ -21,6 +21,7 @@ _METRIC = re.compile(r"\bclearip_[a-z_]+\b")
 def exported_names() -> set[str]:
     status = {  # enough for every family to appear
         "counters": {}, "sources": [], "finals": {"200": 1}, "attestation": {"A": 1},
+        "verstat": {"TN-Validation-Passed": 1},
         "upstream": {"state": "connected"}, "fastpath": {"enabled": True}, "workers": [],
         "hist_clearip_rtt": {"count": 0}, "hist_setup": {"count": 0},
     }  # fmt: skip
