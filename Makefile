@@ -19,6 +19,7 @@ test: bootstrap lint
 
 bench: bootstrap
 	$(PY) tools/bench_sip.py
+	$(PY) tools/bench_core.py
 	@# Kamailio: the reference of the call-rate anchor. As root, installed once (a no-op after).
 	@[ "$$(id -u)" != 0 ] || dpkg -s kamailio >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kamailio >/dev/null || echo "bench: could not install kamailio: no relay/Kamailio ratio" >&2
 	$(PY) tools/bench_calls.py $(BENCH_ARGS)
