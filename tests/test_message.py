@@ -1182,3 +1182,44 @@ def test_build_response_keeps_existing_to_tag_and_body() -> None:
     assert resp.to_bytes().endswith(b"CSeq: 314159 INVITE\r\nContent-Length: 2\r\n\r\nhi")
     trying = build_response(request(INVITE), 100, "Trying")
     assert trying.to.tag is None
+
+
+_TYPED = ("vias", "top_via", "cseq", "call_id", "from_", "to", "contacts", "routes",
+          "record_routes", "max_forwards")  # fmt: skip
+_EDITS = [
+    (
+        "prepend Via",
+        lambda m: m.prepend_header("Via", "SIP/2.0/UDP 10.9.9.9:5070;branch=z9hG4bK-x"),
+    ),
+    ("pop Via", lambda m: m.pop_first_value("v")),
+    ("Record-Route", lambda m: m.prepend_header("Record-Route", "<sip:10.9.9.9;lr>")),
+    ("pop Route", lambda m: m.pop_first_value("route")),
+    ("remove Contact", lambda m: m.remove_header("m")),
+    ("replace To", lambda m: m.replace_header("To", "<sip:other@example.org>;tag=t2")),
+    ("append Contact", lambda m: m.append_header("Contact", "<sip:c2@10.9.9.9>")),
+    ("Max-Forwards", lambda m: m.decrement_max_forwards()),
+    ("body", lambda m: m.set_body(b"x=1\r\n", "application/x")),
+]
+
+
+@pytest.mark.parametrize("name,edit", _EDITS, ids=[n for n, _ in _EDITS])
+def test_parsed_values_follow_every_edit_and_every_copy(name: str, edit) -> None:  # type: ignore[no-untyped-def]
+    """What a message (or its copy) answers after an edit equals a fresh parse of its bytes:
+    each edit forgets exactly the parsed values of the header it touched."""
+    original = parse_message(
+        b"INVITE sip:a@10.0.0.1 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK-1, SIP/2.0/TCP 10.0.0.3;branch=z9hG4bK-2"
+        b"\r\n"
+        b"Route: <sip:10.0.0.1;lr>, <sip:10.0.0.8;lr>\r\nRecord-Route: <sip:10.0.0.7;lr>\r\n"
+        b"From: <sip:b@10.0.0.2>;tag=f\r\nTo: <sip:a@10.0.0.1>\r\nCall-ID: c1\r\n"
+        b"CSeq: 1 INVITE\r\nContact: <sip:b@10.0.0.2>\r\nMax-Forwards: 70\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    for attr in _TYPED:
+        getattr(original, attr)  # everything parsed and cached before the edits
+    copy = original.copy()
+    edit(copy)
+    for msg in (copy, original):
+        fresh = parse_message(msg.to_bytes())
+        for attr in _TYPED:
+            assert getattr(msg, attr) == getattr(fresh, attr), (name, attr)

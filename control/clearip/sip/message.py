@@ -270,15 +270,21 @@ class SipMessage:
 
     # -- editing ------------------------------------------------------------------------------
 
-    def _edited(self) -> None:
-        self._cache.clear()
+    def _edited(self, key: str) -> None:
+        """Forget what was parsed from header `key` (each cache entry is named by its header)."""
+        cache = self._cache
+        if cache:
+            cache.pop(key, None)
+            if key == "via":
+                cache.pop("top-via", None)
 
     def insert_header(self, index: int, name: str, value: bytes | str) -> None:
         """Insert `name: value` as the header line at position `index`."""
         raw = _line(name, value)
+        key = header_key(name)
         self._lines.insert(index, raw)
-        self._keys.insert(index, header_key(name))
-        self._edited()
+        self._keys.insert(index, key)
+        self._edited(key)
 
     def prepend_header(self, name: str, value: bytes | str) -> None:
         """Insert above the first line of the same header: a new Via, Record-Route, Identity.
@@ -313,7 +319,7 @@ class SipMessage:
         if removed:
             self._lines = [self._lines[i] for i in keep]
             self._keys = [self._keys[i] for i in keep]
-            self._edited()
+            self._edited(key)
         return removed
 
     def replace_header(self, name: str, value: bytes | str) -> None:
@@ -347,7 +353,7 @@ class SipMessage:
             # keep the other values exactly as written, folds included
             cut = colon + 1 + first_element_end(line[colon + 1 :])
             self._lines[index] = line[: colon + 1] + b" " + line[cut + 1 :].lstrip(b" \t\r\n,")
-        self._edited()
+        self._edited(key)
         return values[0] if values else b""
 
     def set_body(self, body: bytes, content_type: str | None = None) -> None:
@@ -356,7 +362,6 @@ class SipMessage:
             self.replace_header("Content-Type", content_type)
         elif not body:
             self.remove_header("content-type")
-        self._edited()
 
     def copy(self) -> SipMessage:
         clone = object.__new__(type(self))
@@ -364,7 +369,9 @@ class SipMessage:
         clone._lines = list(self._lines)
         clone._keys = list(self._keys)
         clone.body = self.body
-        clone._cache = {}
+        # parsed values are never mutated, only replaced when their header is edited: the copy
+        # (the INVITE for each next hop) keeps them instead of parsing its headers again
+        clone._cache = self._cache.copy()
         self._copy_extra(clone)
         return clone
 
@@ -443,7 +450,7 @@ class Request(SipMessage):
         index = self._keys.index("max-forwards")
         line = self._lines[index]
         self._lines[index] = line[: line.index(b":")] + b": %d" % new
-        self._edited()
+        self._cache["max-forwards"] = new
         return new
 
     def __repr__(self) -> str:
