@@ -64,3 +64,16 @@ def test_sink_drops_rather_than_blocks_when_the_capture_lags(tmp_path: Path) -> 
 def test_unknown_transport_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown transport 'sctp'"):
         SocketSink(str(tmp_path / "x.sock"), ["sctp"])
+
+
+def test_a_record_that_cannot_be_encoded_is_dropped_not_raised(tmp_path: Path) -> None:
+    path = str(tmp_path / "cap.sock")
+    reader = TapReader(path)
+    sink = SocketSink(path)
+    try:
+        sink.emit(TapRecord(1.0, "in", "udp", ("10.0.0.1", 1), ("::1", 2), MSG))
+        assert sink.dropped == 1 and not sink.dead
+        assert reader.read(timeout=0.05) is None
+    finally:
+        sink.close()
+        reader.close()

@@ -125,6 +125,8 @@ class SocketSink:
     def emit(self, rec: TapRecord) -> None:
         try:
             self._sock.sendto(encode_record(rec), self.path)
+        except ValueError:  # addresses of two families: the copy is lost, never the message
+            self.dropped += 1
         except (BlockingIOError, InterruptedError):
             self.dropped += 1  # the capture is behind: lose a copy, never delay a call
         except OSError as e:
