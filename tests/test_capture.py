@@ -516,3 +516,15 @@ def test_fast_path_drops_are_marked(fastpath_lab: Any) -> None:
     # the call: the switch is trusted, the provider answers through its pinhole
     calls = [b for b in got if b.src.startswith((SWITCH, PROVIDER)) and b.call_id]
     assert len(calls) >= 7 and not [b for b in calls if "[fast path" in b.summary], calls
+
+
+def test_sockets_of_dead_captures_are_swept(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its PID names no process now
+    stale = tmp_path / f"capture-{dead.pid}.sock"
+    alive = tmp_path / "capture-1.sock"  # PID 1 is always there
+    other = tmp_path / "control.sock"
+    for path in (stale, alive, other):
+        path.touch()
+    capture._remove_stale_sockets(str(tmp_path))
+    assert not stale.exists() and alive.exists() and other.exists()

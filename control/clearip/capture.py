@@ -453,12 +453,36 @@ class _PcapOut:
         self.writer.close()
 
 
+def _remove_stale_sockets(directory: str) -> None:
+    """Sockets of earlier captures killed before they could clean up (SIGKILL): their PID is
+    gone. The relay has already dropped their taps; only the files are left."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith("capture-") and name.endswith(".sock")):
+            continue
+        pid = name[len("capture-") : -len(".sock")]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+        except PermissionError:
+            pass  # alive, someone else's
+
+
 class _Tap:
     """--decrypted: the relay copies its TLS messages to our socket until untap."""
 
     def __init__(self, config: Config) -> None:
         self.control = config.control.socket
-        self.path = os.path.join(os.path.dirname(self.control), f"capture-{os.getpid()}.sock")
+        directory = os.path.dirname(self.control)
+        _remove_stale_sockets(directory)
+        self.path = os.path.join(directory, f"capture-{os.getpid()}.sock")
         try:
             self.reader = TapReader(self.path)
         except OSError as e:
