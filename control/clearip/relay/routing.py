@@ -84,9 +84,12 @@ def order_contacts(contacts: list[NameAddr], max_contacts: int) -> list[Candidat
         except SipProtocolError as e:
             log.warning("skipping unusable Contact in redirect: %s", e.reason)
             continue
-        headers = [(name, value) for name, value in uri.headers if _allowed_header(name)]
-        text = contact.uri if not uri.headers else str(uri.without_headers())
-        usable.append(Candidate(uri.without_headers(), target, headers, q, text))
+        if uri.headers:
+            headers = [(name, value) for name, value in uri.headers if _allowed_header(name)]
+            bare = uri.without_headers()
+            usable.append(Candidate(bare, target, headers, q, str(bare)))
+        else:  # nothing to strip: the Contact as written is the Request-URI
+            usable.append(Candidate(uri, target, [], q, contact.uri))
     # sorted() is stable, so equal q-values keep the order ClearIP gave
     return sorted(usable, key=lambda c: -c.q)[:max_contacts]
 
