@@ -42,7 +42,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchcommon import default_clearipctl, log, machine_info, sigterm_as_exit
+from benchcommon import (
+    add_output_arguments,
+    apply_preset,
+    log,
+    machine_info,
+    sigterm_as_exit,
+    write_json,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ANCHOR = REPO.parent / "shared" / "bench" / "anchor"
@@ -956,10 +963,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop starting steps after this many minutes [30]",
     )
     parser.add_argument(
-        "--json", metavar="FILE",
-        help="also write the JSON there; '-': print it on stdout (the table goes to stderr)",
-    )  # fmt: skip
-    parser.add_argument(
         "--anchor", type=Path, default=None, metavar="DIR",
         help=f"the anchor harness directory [{DEFAULT_ANCHOR}]",
     )  # fmt: skip
@@ -971,22 +974,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE",
         help="extra environment for run_anchor.sh (e.g. CHILDREN=4, UPSTREAM_WAIT=10)",
     )  # fmt: skip
-    parser.add_argument(
-        "--clearipctl", type=Path, default=None, metavar="PATH",
-        help="the clearipctl to run [next to this Python, else .venv/bin/clearipctl]",
-    )  # fmt: skip
+    add_output_arguments(parser)
     return parser
 
 
 def resolve_args(args: argparse.Namespace) -> None:
-    preset = QUICK if args.quick else DEFAULTS
-    for key, value in preset.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    apply_preset(args, QUICK if args.quick else DEFAULTS)
     args.start = min(args.start, args.max)
     args.env = dict(args.env)
-    if args.clearipctl is None:
-        args.clearipctl = default_clearipctl()
 
 
 
@@ -1097,10 +1092,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in bench.notes:
         print(f"note: {note}", file=stream)
     print(f"results: {out / 'results.json'}", file=stream)
-    if args.json == "-":
-        print(text)
-    elif args.json:
-        Path(args.json).write_text(text + "\n")
+    write_json(args.json, text)
     if interrupted == "interrupted":
         return 130
     if interrupted and interrupted.startswith("exit "):

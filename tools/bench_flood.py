@@ -62,7 +62,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchcommon import default_clearipctl, log, machine_info, sigterm_as_exit
+from benchcommon import (
+    add_output_arguments,
+    apply_preset,
+    log,
+    machine_info,
+    sigterm_as_exit,
+    write_json,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -873,29 +880,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="short run: 5 s of calls at 20/s per phase "
                              "(explicit options win)")  # fmt: skip
     parser.add_argument(
-        "--json", metavar="FILE",
-        help="also write the JSON there; '-': print it on stdout (the table goes to stderr)",
-    )  # fmt: skip
-    parser.add_argument(
         "--workdir", type=Path, default=None, metavar="DIR",
         help="keep the lab's logs there (proxy, emulator, sipp, flooders) [a temp dir, removed]",
     )  # fmt: skip
-    parser.add_argument(
-        "--clearipctl", type=Path, default=None, metavar="PATH",
-        help="the clearipctl to run [next to this Python, else .venv/bin/clearipctl]",
-    )  # fmt: skip
+    add_output_arguments(parser)
     return parser
 
 
 def resolve_args(args: argparse.Namespace) -> None:
-    preset = QUICK if args.quick else DEFAULTS
-    for key, value in preset.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    apply_preset(args, QUICK if args.quick else DEFAULTS)
     if args.flooders is None:
         args.flooders = max(1, (os.cpu_count() or 2) // 2)
-    if args.clearipctl is None:
-        args.clearipctl = default_clearipctl()
     names = ["baseline", "on", "off"]
     if args.phases:
         names = [p.strip() for p in args.phases.split(",") if p.strip()]
@@ -990,17 +985,12 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary(phases),
         "error": error,
     }
-    to_stdout = args.json == "-"
-    out = sys.stderr if to_stdout else sys.stdout
+    out = sys.stderr if args.json == "-" else sys.stdout
     if phases:
         print(render_table(phases), file=out)
         for line in result["summary"]:
             print(f"  {line}", file=out)
-    text = json.dumps(result, indent=2)
-    if to_stdout:
-        print(text)
-    elif args.json:
-        Path(args.json).write_text(text + "\n")
+    write_json(args.json, json.dumps(result, indent=2))
     return 2 if error else 0
 
 
