@@ -20,6 +20,7 @@ from clearip.ctlsock import request
 from clearip.relay.tap import TapReader, TapRecord
 from tests.calllab import CLEARIP_IP, OUTBOUND, PROV_A_IP, PROXY_IP, ROGUE_IP, SWITCH_IP, Lab
 from tests.netlab import NetLab, skip_unless_netns
+from tests.test_supervisor import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -80,15 +81,6 @@ def call_id_of(packets: list[dict]) -> bytes:
     raise AssertionError(f"no INVITE from the switch among {len(packets)} HEP packets")
 
 
-def wait_for(check, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
-
-
 def test_hep_export_carries_every_message_of_a_call_tls_in_clear(lab: tuple[Lab, Path]) -> None:
     lab_, received = lab
     uas = lab_.provider(lab_.prov_a, "uas_provider_ok.xml")
@@ -101,8 +93,7 @@ def test_hep_export_carries_every_message_of_a_call_tls_in_clear(lab: tuple[Lab,
         lines = first_lines(packets, call_id_of(packets))
         return lines if sum(line[3] == "BYE" for line in lines) >= 2 else []
 
-    lines = wait_for(complete)
-    assert lines, collected(received)
+    lines = wait_until(complete, 10.0, lambda: f"the call's BYEs in {collected(received)}", 0.1)
     udp, tcp = 17, 6
     # in from the switch, out to ClearIP over TLS (in clear, as TCP), 302 back, on to A, ...
     expected = [

@@ -41,15 +41,23 @@ _SCRIPT = Path(sys.executable).with_name("clearipctl")
 CLEARIPCTL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "clearip.cli"]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    what: str | Callable[[], str] = "",
+    interval: float = 0.02,
+) -> Any:
+    """predicate()'s first true value, polled every `interval` s; AssertionError after
+    `timeout` s, saying `what` (a callable: its text at that moment, such as a screen)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(0.02)
+            said = what() if callable(what) else what or predicate
+            raise AssertionError(f"timed out after {timeout} s waiting for {said}")
+        time.sleep(interval)
 
 
 def process_gone(pid: int) -> bool:

@@ -9,7 +9,6 @@ import os
 import re
 import shlex
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from clearip import trust
 from clearip.top import Snapshot, add_arguments, format_mix, render, rows
 from tests.calllab import INBOUND, OUTBOUND, SWITCH_IP, Lab
 from tests.netlab import NetLab, skip_unless_netns
+from tests.test_supervisor import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CLEARIPCTL = str(ROOT / ".venv" / "bin" / "clearipctl")
@@ -235,14 +235,7 @@ def test_once_when_the_proxy_is_stopped(tmp_path: Path) -> None:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s: {what()}")
-        time.sleep(0.1)
+    return wait_until(predicate, timeout, what, interval=0.1)  # a screen read is a tmux call
 
 
 class Tmux:
