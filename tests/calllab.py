@@ -89,6 +89,15 @@ delay = 1.0
 """
 
 
+def status_of(config: Path) -> dict[str, Any]:
+    """`clearipctl status --json` of the proxy running with `config`."""
+    out = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "clearipctl"), "status", "--json", "--config", str(config)],
+        capture_output=True, text=True, timeout=10, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout)
+
+
 class Lab:
     """The lab of this module: switch, proxy, ClearIP, providers A and B, a rogue host."""
 
@@ -148,12 +157,7 @@ log_level = "info"
         self.wait_upstream()
 
     def status(self) -> dict[str, Any]:
-        out = subprocess.run(
-            [str(REPO / ".venv" / "bin" / "clearipctl"), "status", "--json",
-             "--config", str(self.config)],
-            capture_output=True, text=True, timeout=10, check=True,
-        )  # fmt: skip
-        return json.loads(out.stdout)
+        return status_of(self.config)
 
     def wait_upstream(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout

@@ -4,16 +4,14 @@ proxy that took it (its Record-Route), and one proxy going away does not touch t
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.calllab import OUTBOUND, PROXY_IP, REPO, Lab
+from tests.calllab import OUTBOUND, PROXY_IP, REPO, Lab, status_of
 from tests.netlab import Host, NetLab, skip_unless_netns
 from tests.sippy_runner import run_sipp
 
@@ -39,11 +37,7 @@ class Pair:
         self.second.wait_udp(5060, ip=SECOND_IP, proc=self.proc2)
 
     def status2(self) -> dict[str, Any]:
-        out = subprocess.run(
-            [CTL, "status", "--json", "--config", str(self.config2)],
-            capture_output=True, text=True, timeout=10, check=True,
-        )  # fmt: skip
-        return json.loads(out.stdout)
+        return status_of(self.config2)
 
     def call_via(self, ip: str) -> Any:
         return run_sipp(
