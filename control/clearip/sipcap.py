@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 
+from clearip.config import HostPort
 from clearip.relay.tap import TapRecord
 from clearip.sip.errors import SipProtocolError
 from clearip.sip.framing import StreamFramer
@@ -257,12 +258,8 @@ class Defragmenter:
             del self._partial[key]
 
 
-def _fmt_ip(ip: str) -> str:
-    return f"[{ip}]" if ":" in ip else ip
-
-
 def format_address(addr: Address) -> str:
-    return f"{_fmt_ip(addr[0])}:{addr[1]}"
+    return str(HostPort(*addr))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from clearip.config import Config
+from clearip.config import Config, HostPort
 from clearip.relay.counters import Counters
 from clearip.relay.events import Address, Flow, Send, Target
 from clearip.relay.routing import default_port, target_for_uri
@@ -225,7 +225,7 @@ class ProxyCore:
     def rr_uri(self, transport: str, peer_host: str) -> str:
         host, port = self.env.rr_address(transport, peer_host)
         tparam = "" if transport == "udp" else f";transport={transport}"
-        return f"<sip:{_hostport(host, port)}{tparam};lr>"
+        return f"<sip:{HostPort(host, port)}{tparam};lr>"
 
     def send(self, data: bytes, target: Target, token: object = None) -> None:
         self._outbox.append(Send(data, target, token))
@@ -583,10 +583,6 @@ def route_target(route: NameAddr) -> Target:
     if not isinstance(uri, SipUri):
         raise SipProtocolError("Route is not a SIP URI", 416)
     return target_for_uri(uri)
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _deadline(obj: Any) -> float | None:

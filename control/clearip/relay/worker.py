@@ -29,7 +29,7 @@ import zlib
 from time import perf_counter
 from typing import Any
 
-from clearip.config import Config, ConfigError, load_config
+from clearip.config import Config, ConfigError, HostPort, load_config
 from clearip.hep import HepSink, resolve_collector
 from clearip.relay.core import ProxyCore
 from clearip.relay.counters import Counters
@@ -279,7 +279,7 @@ class Worker:
         )
         self.udp[local] = proto
         if shared:
-            self.listeners.append({"transport": "udp", "address": _fmt(local)})
+            self.listeners.append({"transport": "udp", "address": str(HostPort(*local))})
         return proto
 
     async def _open_stream_server(
@@ -302,7 +302,7 @@ class Worker:
             ssl_handshake_timeout=10.0 if tls else None,
         )
         self.servers.append(server)
-        self.listeners.append({"transport": name, "address": _fmt(local)})
+        self.listeners.append({"transport": name, "address": str(HostPort(*local))})
 
     def _new_stream(self, name: str) -> StreamConnection:
         conn = StreamConnection(
@@ -654,10 +654,6 @@ def server_tls_context(cfg: Config) -> ssl.SSLContext:
     else:
         ctx.load_cert_chain(ensure_self_signed(cfg.control.state_dir))
     return ctx
-
-
-def _fmt(addr: Address) -> str:
-    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
 
 
 async def _amain(args: argparse.Namespace) -> int:
