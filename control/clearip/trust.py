@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 STATE_FILE = "trusted.json"
 
@@ -21,22 +22,73 @@ class TrustedEntry:
     origin: str  # "config" | "state"
 
 
-class TrustError(Exception):
+class TrustError(ValueError):
     """A trusted-list change that is refused, with the one line an operator needs."""
 
 
 def parse_cidr(text: str) -> IPNetwork:
-    """A bare address (= /32 or /128) or a CIDR; host bits set are refused, not masked."""
+    """A bare address (= /32 or /128) or a CIDR, in the one normal form every enforcer uses
+    (`normal_network`); host bits set are refused, not masked."""
     text = text.strip()
     try:
-        return ipaddress.ip_network(text, strict=True)
+        net = ipaddress.ip_network(text, strict=True)
     except ValueError:
-        pass
+        try:
+            loose = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise TrustError(f"{text!r} is not an IP address or CIDR") from None
+        raise TrustError(f"{text} has host bits set; did you mean {loose}?") from None
+    return normal_network(net)
+
+
+def normal_network(net: IPNetwork | str) -> IPNetwork:
+    """The normal form of a trusted network, shared by nftables, eBPF and the relay.
+
+    IPv4 arrives on the wire as IPv4 whatever a dual-stack socket reports, so an IPv4-mapped
+    network (::ffff:a.b.c.d/96+n) means a.b.c.d/n. What cannot be matched the same way by all
+    three is refused (TrustError): a network that only partly covers the mapped range
+    (::ffff:0:0/95 holds IPv6 and every IPv4 address at once), a scoped address, and a
+    network that trusts every address of a family (0.0.0.0/0, ::/0, ::ffff:0:0/96): that is
+    an open relay, not a trusted list.
+    """
+    if isinstance(net, str):
+        try:
+            net = ipaddress.ip_network(net, strict=True)
+        except ValueError as e:
+            raise TrustError(f"{net!r} is not a CIDR: {e}") from None
+    if isinstance(net, ipaddress.IPv6Network):
+        if net.network_address.scope_id:
+            raise TrustError(f"{net}: a scoped address cannot be trusted (drop the %zone)")
+        if net.prefixlen >= 96 and net.network_address.ipv4_mapped is not None:
+            net = ipaddress.IPv4Network((net.network_address.ipv4_mapped, net.prefixlen - 96))
+        elif net.prefixlen < 96 and _V4_MAPPED.subnet_of(net) and net.prefixlen > 0:
+            raise TrustError(
+                f"{net} covers every IPv4-mapped address (::ffff:0:0/96) as well as IPv6 "
+                "ones; list the IPv4 and IPv6 networks separately"
+            )
+    if net.prefixlen == 0:
+        raise TrustError(
+            f"{net} would trust every address: list your switches and carriers instead"
+        )
+    return net
+
+
+def normal_address(text: str) -> IPAddress | None:
+    """A source address as every enforcer compares it (IPv4-mapped means IPv4); None when
+    `text` is not an address."""
     try:
-        loose = ipaddress.ip_network(text, strict=False)
+        addr = ipaddress.ip_address(text)
     except ValueError:
-        raise TrustError(f"{text!r} is not an IP address or CIDR") from None
-    raise TrustError(f"{text} has host bits set; did you mean {loose}?")
+        return None
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return addr.ipv4_mapped
+        if addr.scope_id:
+            return None
+    return addr
+
+
+_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def entries(config_sources: Iterable[IPNetwork], state_dir: str) -> list[TrustedEntry]:
@@ -83,7 +135,7 @@ def load_state(state_dir: str) -> list[TrustedEntry]:
     found = []
     for item in doc.get("entries", []):
         found.append(
-            TrustedEntry(ipaddress.ip_network(item["cidr"]), str(item.get("note", "")), "state")
+            TrustedEntry(normal_network(str(item["cidr"])), str(item.get("note", "")), "state")
         )
     return found
 
@@ -113,21 +165,18 @@ class TrustList:
     def __init__(self, networks: Iterable[IPNetwork] = ()) -> None:
         self.set(networks)
 
-    def set(self, networks: Iterable[IPNetwork]) -> None:
-        self.networks = tuple(networks)
+    def set(self, networks: Iterable[IPNetwork | str]) -> None:
+        self.networks = tuple(normal_network(n) for n in networks)
         self._cache: dict[str, bool] = {}
 
     def __contains__(self, ip: str) -> bool:
         hit = self._cache.get(ip)
         if hit is not None:
             return hit
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
+        addr = normal_address(ip)
+        if addr is None:
             return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        result = any(addr in net for net in self.networks)
+        result = any(addr.version == net.version and addr in net for net in self.networks)
         if len(self._cache) >= self.CACHE_MAX:
             self._cache.clear()  # a spoofed flood must not grow it without bound
         self._cache[ip] = result
