@@ -32,6 +32,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from clearip.trust import TrustError, normal_address, normal_network
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Json = Any  # a decoded JSON value; python-nftables has no type hints to offer anything better
@@ -43,7 +45,7 @@ TEMPLATE = Path(__file__).resolve().parents[3] / "nft" / "clearip.nft.json.in"
 FAMILY = "inet"  # one table for IPv4 and IPv6
 TRUSTED_SETS = {4: "trusted4", 6: "trusted6"}
 PINHOLE_SETS = {4: "pinhole4", 6: "pinhole6"}
-COUNTERS = ("passed", "passed_pinhole", "dropped_untrusted")
+COUNTERS = ("passed", "passed_pinhole", "passed_reply", "dropped_untrusted")
 # The schema version the template and the commands below were written against; nft refuses a
 # batch declaring a version it does not know instead of misreading it.
 JSON_SCHEMA_VERSION = 1
@@ -98,8 +100,8 @@ def normalise_sources(cidrs: Iterable[str | IPNetwork]) -> tuple[list[IPNetwork]
     v6: list[ipaddress.IPv6Network] = []
     for item in cidrs:
         try:
-            net = ipaddress.ip_network(item)
-        except (ValueError, TypeError) as exc:
+            net = normal_network(item if isinstance(item, str | IPNetwork) else str(item))
+        except (TrustError, TypeError) as exc:
             raise NftError(f"bad trusted source {item!r}: {exc}") from exc
         if isinstance(net, ipaddress.IPv4Network):
             v4.append(net)
@@ -114,12 +116,9 @@ def pinhole_address(ip: str | IPAddress) -> IPAddress:
     A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d, but their packets reach the
     input hook as IPv4, so that is the set the address must go in.
     """
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError as exc:
-        raise NftError(f"bad pinhole address {ip!r}: {exc}") from exc
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
+    addr = normal_address(str(ip))
+    if addr is None:
+        raise NftError(f"bad pinhole address {ip!r}: not an IP address")
     return addr
 
 
@@ -212,6 +211,7 @@ class NftFastPath:
         name: str = "clearip",
         udp_ports: Sequence[int] = (),
         tcp_ports: Sequence[int] = (),
+        reply_ports: Sequence[int] = (),
         *,
         template: Path = TEMPLATE,
     ) -> None:
@@ -220,6 +220,10 @@ class NftFastPath:
         self.name = name
         self.udp_ports = _ports("UDP", udp_ports)
         self.tcp_ports = _ports("TCP", tcp_ports)
+        # the relay workers' own UDP ports: answers to what they send come here (SPEC §5)
+        self.reply_ports = _ports("UDP reply", reply_ports)
+        if set(self.reply_ports) & set(self.udp_ports):
+            raise NftError(f"UDP ports {self.udp_ports} and reply ports {self.reply_ports} overlap")
         self.template_path = template
         self._template = read_template(template)  # read once: fail at start, not at load
         # What the kernel holds after our last successful batch (load or set_trusted).
@@ -228,7 +232,10 @@ class NftFastPath:
         self._ctx: Any = None  # nftables.Nftables, made on first use
 
     def __repr__(self) -> str:
-        return f"NftFastPath({self.name!r}, udp={self.udp_ports}, tcp={self.tcp_ports})"
+        return (
+            f"NftFastPath({self.name!r}, udp={self.udp_ports}, tcp={self.tcp_ports}, "
+            f"reply={self.reply_ports})"
+        )
 
     # ------------------------------------------------------------------ batches
     def _table(self) -> dict[str, str]:
@@ -246,6 +253,7 @@ class NftFastPath:
                 "NAME": self.name,
                 "UDP_PORTS": self.udp_ports,
                 "TCP_PORTS": self.tcp_ports,
+                "REPLY_PORTS": self.reply_ports,
                 "TRUSTED4": [_element(n) for n in v4],
                 "TRUSTED6": [_element(n) for n in v6],
             },
@@ -319,16 +327,28 @@ class NftFastPath:
         longer): the relay owns the lifetime of what it opens. The kernel removes the element
         when it expires; remove_pinhole() closes it early.
         """
-        addr = pinhole_address(ip)
+        self.add_pinholes([ip], ttl_s)
+
+    def add_pinholes(self, ips: Iterable[str | IPAddress], ttl_s: float) -> None:
+        """add_pinhole() for many addresses in one batch: how the supervisor re-arms them."""
+        addrs = list(dict.fromkeys(pinhole_address(ip) for ip in ips))
+        if not addrs:
+            return
         secs = pinhole_seconds(ttl_s)
-        target = self._set(PINHOLE_SETS[addr.version])
-        timed = {**target, "elem": [{"elem": {"val": str(addr), "timeout": secs}}]}
-        plain = {**target, "elem": [str(addr)]}
-        # add + delete + add: on kernels without element timeout updates (Debian 12's 6.1)
-        # re-adding an existing element keeps its old timeout, so it is re-created instead.
-        batch: Batch = [{"add": {"element": timed}}, {"delete": {"element": plain}}]
-        batch.append({"add": {"element": timed}})
-        self._run(batch, f"pinhole for {addr} in {self.name}")
+        batch: Batch = []
+        for version in (4, 6):
+            vals = [str(a) for a in addrs if a.version == version]
+            if not vals:
+                continue
+            target = self._set(PINHOLE_SETS[version])
+            timed = {**target, "elem": [{"elem": {"val": v, "timeout": secs}} for v in vals]}
+            plain = {**target, "elem": vals}
+            # add + delete + add: on kernels without element timeout updates (Debian 12's
+            # 6.1) re-adding an existing element keeps its old timeout, so it is re-created.
+            batch += [{"add": {"element": timed}}, {"delete": {"element": plain}}]
+            batch.append({"add": {"element": timed}})
+        what = f"pinhole for {addrs[0]}" if len(addrs) == 1 else f"{len(addrs)} pinholes"
+        self._run(batch, f"{what} in {self.name}")
 
     def remove_pinhole(self, ip: str | IPAddress) -> None:
         """Closes the pinhole for `ip`; no error if there is none (it may have expired)."""
