@@ -329,7 +329,6 @@ class Call:
         branch = Branch(cand, target)
         self.branch = branch
         self.log.next_hops.append(f"{target.host}:{target.port}")
-        core.open_pinhole(target.host)
         self.deadline = now + core.config.routing.provider_timeout
         core.arm(self)
         branch.rec = core.start_client_tx(req, target, self, "branch", now, data=branch)
@@ -356,7 +355,7 @@ class Call:
             if not branch.answered:
                 branch.answered = True
                 self.deadline = None
-                core.dialog_started(self, resp, branch.target)
+                core.dialog_started(self, resp, rec)
             self._relay(resp, now)  # retransmitted 2xx are relayed too (RFC 6026)
             return
         branch.answered = True
@@ -468,11 +467,6 @@ class Call:
             if branch is self.branch and not branch.abandoned and not self.answered:
                 branch.abandoned = True
                 self._next_branch(now)
-
-    def on_tx_terminated(self, rec: TxRecord) -> None:
-        if rec.role == "branch":
-            # an answered branch's dialog holds a pinhole of its own (dialog_started)
-            self.core.close_pinhole(rec.data.target.host)
 
     # -- answers ----------------------------------------------------------------------------------
 

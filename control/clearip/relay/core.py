@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from clearip.config import Config, HostPort
 from clearip.relay.counters import Counters
 from clearip.relay.events import Address, Flow, Send, Target
-from clearip.relay.routing import default_port, target_for_uri
+from clearip.relay.routing import default_port, is_ip_literal, target_for_uri
 from clearip.sip.errors import SipProtocolError
 from clearip.sip.headers import NameAddr, Via
 from clearip.sip.message import Request, Response, SipMessage, build_response, parse_message
@@ -80,6 +80,10 @@ class TxRecord:
     owner: Any = None  # Call, Relay, or None (fire-and-forget ACK/BYE/CANCEL we originate)
     role: str = ""  # what the transaction is to its owner: "clearip", "branch", "cancel" ...
     data: Any = None  # the owner's per-transaction state (e.g. the Branch)
+    # client transactions: the IP the adapter sent to (resolved when the target is a name);
+    # `hole` when that address holds a pinhole for the transaction's life (its answers)
+    dest: str | None = None
+    hole: bool = False
 
 
 # A timer heap entry: (when, sequence, object). A plain tuple, so the heap compares in C (the
@@ -228,7 +232,26 @@ class ProxyCore:
         return f"<sip:{HostPort(host, port)}{tparam};lr>"
 
     def send(self, data: bytes, target: Target, token: object = None) -> None:
+        if (
+            type(token) is TxRecord
+            and token.dest is None
+            and not target.upstream
+            and type(token.tx) is ClientTransaction
+            and is_ip_literal(target.host)
+        ):
+            self.resolved(token, target.host)  # before the send: its answers must get in
         self._outbox.append(Send(data, target, token))
+
+    def resolved(self, token: object, ip: str) -> None:
+        """The adapter is about to send a client transaction's request to `ip` (a target named
+        by host resolved to it): that address may answer, and is pinholed until the
+        transaction ends unless it is trusted anyway (SPEC §5)."""
+        if type(token) is not TxRecord or token.dest is not None:
+            return
+        token.dest = ip
+        if not self.env.is_trusted(ip):
+            token.hole = True
+            self.open_pinhole(ip)
 
     def start_client_tx(
         self,
@@ -316,14 +339,16 @@ class ProxyCore:
         self.arm(rec)
 
     def _drop_tx(self, rec: TxRecord) -> None:
+        if rec.hole:
+            rec.hole = False
+            assert rec.dest is not None
+            self.close_pinhole(rec.dest)
         key = rec.tx.key
         if isinstance(rec.tx, ClientTransaction):
             if self.client_txs.get(key) is rec:  # type: ignore[arg-type]
                 del self.client_txs[key]  # type: ignore[arg-type]
         elif self.server_txs.get(key) is rec:
             del self.server_txs[key]
-        if rec.owner is not None and hasattr(rec.owner, "on_tx_terminated"):
-            rec.owner.on_tx_terminated(rec)
 
     def _orphan_response(self, rec: TxRecord, resp: Response, now: float) -> None:
         """A 2xx to an INVITE nobody wants any more (late answer on an abandoned branch)."""
@@ -342,14 +367,21 @@ class ProxyCore:
             self._tx_events(rec, rec.tx.receive(req, now), now)
             return
         method = req.method
+        in_dialog = req.to.tag is not None
+        only_to = None  # where an untrusted source's in-dialog request may go
+        if not self._trusted(flow):
+            admitted = self._admit_untrusted(req, flow)
+            if admitted is None:
+                return
+            only_to = admitted
+        elif in_dialog and method == "INVITE" and req.call_id not in self.dialogs:
+            # relayed (a restarted proxy must still route its switches' requests), but seen:
+            # a trusted element re-INVITEing a dialog we never set up skips ClearIP
+            self.counters.inc("indialog_unknown")
         if method == "ACK":
             # an ACK matching no transaction is for a 2xx: end-to-end, forwarded statelessly
-            if req.to.tag is not None and self._trusted_or_dialog(flow):
-                Relay.forward_ack(self, req, flow, now)
-            return
-        in_dialog = req.to.tag is not None
-        if not self._trusted_or_dialog(flow) or (not in_dialog and not self._trusted(flow)):
-            self._untrusted(req, flow)
+            if in_dialog:
+                Relay.forward_ack(self, req, flow, now, only_to)
             return
         if method == "CANCEL":
             self._on_cancel(req, flow, now)
@@ -363,7 +395,7 @@ class ProxyCore:
             return
         if in_dialog:
             if self._is_for_us(req):
-                Relay.start(self, req, flow, now)
+                Relay.start(self, req, flow, now, only_to)
             elif method == "OPTIONS":
                 self._server_reply(req, flow, 200, "OK", now, self._options_headers())
             else:
@@ -386,6 +418,34 @@ class ProxyCore:
             self._server_reply(req, flow, 200, "OK", now, self._options_headers())
         else:
             self._server_reply(req, flow, 405, "Method Not Allowed", now, [("Allow", ALLOW)])
+
+    def _admit_untrusted(self, req: Request, flow: Flow) -> Target | None:
+        """SPEC §5: an untrusted source may only send requests within a dialog the proxy holds
+        with it, as that dialog's far end; they may go only to the dialog's other end. The
+        target they must resolve to, or None when refused (counted, 481 or dropped)."""
+        from clearip.relay.dialog import refusal
+
+        ip = flow.remote[0]
+        if req.to.tag is None:
+            self._untrusted(req, flow)  # a new call or request: only trusted sources start one
+            return None
+        dialog = self.dialogs.get(req.call_id)
+        if dialog is None and not self.is_pinholed(ip):
+            self._untrusted(req, flow)  # a stranger: nothing of ours to talk about
+            return None
+        why = refusal(dialog, req, ip)
+        if why is not None or dialog is None or dialog.caller_hop is None:
+            self._refuse_in_dialog(req, flow, why or "no route back to the caller")
+            return None
+        return dialog.caller_hop
+
+    def _refuse_in_dialog(self, req: Request, flow: Flow, why: str) -> None:
+        self.counters.drop("indialog_refused")
+        log.debug(
+            "refused %s from untrusted %s:%d: %s", req.method, *flow.remote, why
+        )
+        if self.config.trust.untrusted == "403" and req.method != "ACK":
+            self.reply_stateless(req, flow, 481, "Call/Transaction Does Not Exist")
 
     def _options_headers(self) -> list[tuple[str, bytes | str]]:
         return [("Allow", ALLOW), ("Accept", "application/sdp")]
@@ -418,15 +478,24 @@ class ProxyCore:
         rec.owner = None
         self._drop_tx(rec)
 
-    def dialog_started(self, call: Any, resp: Response, target: Target) -> None:
-        from clearip.relay.dialog import DIALOG_MAX_AGE, Dialog
+    def dialog_started(self, call: Any, resp: Response, rec: TxRecord) -> None:
+        from clearip.relay.dialog import DIALOG_MAX_AGE, Dialog, caller_hop
 
         call_id = resp.call_id
         if call_id in self.dialogs:
             return
-        dialog = Dialog(call_id, target.host, call.started + DIALOG_MAX_AGE, call.source)
+        peer = rec.dest or rec.target.host
+        dialog = Dialog(
+            call_id,
+            call.invite.from_.tag or "",
+            resp.to.tag or "",
+            peer,
+            caller_hop(call.invite),
+            call.started + DIALOG_MAX_AGE,
+            call.source,
+        )
         self.dialogs[call_id] = dialog
-        self.open_pinhole(target.host)
+        self.open_pinhole(peer)
         self.arm(dialog)
 
     def dialog_ended(self, call_id: str) -> None:
@@ -459,10 +528,6 @@ class ProxyCore:
     def _trusted(self, flow: Flow) -> bool:
         return self.env.is_trusted(flow.remote[0])
 
-    def _trusted_or_dialog(self, flow: Flow) -> bool:
-        """In-dialog requests may also come from next hops we sent calls to (SPEC §5 pinholes)."""
-        return self._trusted(flow) or self.is_pinholed(flow.remote[0])
-
     def is_pinholed(self, ip: str) -> bool:
         return ip in self.pinholes
 
@@ -483,7 +548,7 @@ class ProxyCore:
 
     def _untrusted(self, req: Request, flow: Flow) -> None:
         self.counters.inc("dropped_untrusted")
-        if self.config.trust.untrusted == "403":
+        if self.config.trust.untrusted == "403" and req.method != "ACK":
             self.reply_stateless(req, flow, 403, "Forbidden")
 
     def _is_for_us(self, req: Request) -> bool:

@@ -29,6 +29,13 @@ COUNTER_NAMES = (
     "calls_active",
 )
 
+# Why the relay dropped or refused a message (`status --json` "drops", metric
+# clearip_relay_dropped_total{reason}); counted besides the §6 totals above.
+DROP_REASONS = (
+    "indialog_refused",  # from an untrusted source: no dialog of its own, or routed elsewhere
+    "stun_untrusted",  # a STUN keepalive from an untrusted source
+)
+
 # A spoofed flood must not grow the per-source table without bound; sources past this many are
 # summed under one "other" entry.
 MAX_SOURCES = 65536
@@ -78,6 +85,7 @@ class Counters:
     __slots__ = (
         "_rtt",
         "attestation",
+        "drops",
         "finals",
         "hist_clearip_rtt",
         "hist_setup",
@@ -91,6 +99,10 @@ class Counters:
     def __init__(self, max_sources: int = MAX_SOURCES) -> None:
         self.values: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
         self.values["internal_errors"] = 0  # bugs caught at the worker's edge; should stay 0
+        # trusted in-dialog INVITEs for a dialog this proxy does not hold (relayed: a restart
+        # loses the table), shown so an operator sees attempts to skip ClearIP
+        self.values["indialog_unknown"] = 0
+        self.drops: dict[str, int] = {}  # messages the relay dropped or refused, by reason
         self.max_sources = max_sources
         self.sources: dict[str, dict[str, int]] = {}
         self.finals: dict[int, int] = {}  # final response codes sent to callers
@@ -120,6 +132,10 @@ class Counters:
         """Bump counter `name` in total and for source `ip` (a call's verdict, calls_active)."""
         self.values[name] += n
         self.source(ip, name, n)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        """A message dropped or refused, by reason (DROP_REASONS)."""
+        self.drops[reason] = self.drops.get(reason, 0) + n
 
     def final_code(self, status: int) -> None:
         self.finals[status] = self.finals.get(status, 0) + 1
@@ -163,6 +179,7 @@ class Counters:
             "counters": dict(self.values),
             "sources": {ip: dict(v) for ip, v in self.sources.items()},
             "finals": {str(k): v for k, v in sorted(self.finals.items())},
+            "drops": dict(self.drops),
             "attestation": dict(self.attestation),
             "verstat": dict(self.verstat),
             "clearip_rtt_ms": self.rtt_percentiles(),

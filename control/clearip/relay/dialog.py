@@ -3,6 +3,12 @@
 The proxy Record-Routes every call it sets up, so both ends send their in-dialog requests
 through it; they are loose-routed (RFC 3261 §16.12): our own Route entries are removed and the
 request goes to the next Route or, with none left, to the Request-URI.
+
+Trusted sources (the operator's switches) keep plain loose routing: a restarted proxy has lost
+its table and must still route their BYEs. An untrusted source -- a provider we sent a call to,
+reaching us through its pinhole -- may only send CALLEE_METHODS within a dialog we hold with it,
+from that dialog's far end, and they go only to the dialog's other end (SPEC §5): otherwise a
+pinhole would make the proxy an open relay to anywhere.
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ if TYPE_CHECKING:
 
 _PHRASES = {481: "Call/Transaction Does Not Exist", 416: "Unsupported URI Scheme"}
 
+# What the far end of a dialog may send us from an untrusted address: hanging up, re-INVITE,
+# session refreshes and mid-call signalling. Not REFER (it would make the caller's switch place
+# a new call wherever the provider says), not MESSAGE, SUBSCRIBE or OPTIONS.
+CALLEE_METHODS = frozenset({"ACK", "BYE", "INVITE", "UPDATE", "INFO", "NOTIFY", "PRACK"})
+
 # A dialog whose BYE we never see (it went through another proxy, or was lost) is forgotten after
 # this long, so the table and the pinhole cannot leak.
 DIALOG_MAX_AGE = 12 * 3600.0
@@ -29,9 +40,47 @@ DIALOG_MAX_AGE = 12 * 3600.0
 @dataclass(slots=True)
 class Dialog:
     call_id: str
+    caller_tag: str  # From tag of the caller's INVITE
+    callee_tag: str  # To tag of the 2xx that set the dialog up
     peer: str  # the next hop's IP, pinholed while the dialog lives
+    caller_hop: Target | None  # where the callee's requests must go: the caller's side
     deadline: float | None
     source: str  # the caller's IP: its calls_active is counted down when the dialog ends
+
+
+def caller_hop(invite: Request) -> Target | None:
+    """Where the callee's in-dialog requests go after our Route entries: the nearest
+    Record-Route the caller's side added before us, else the caller's Contact."""
+    try:
+        rrs = invite.record_routes
+        if rrs:
+            text = rrs[0].uri
+        else:
+            contacts = invite.contacts
+            if not isinstance(contacts, list) or not contacts:
+                return None
+            text = contacts[0].uri
+        uri = parse_uri_shared(text)
+        return target_for_uri(uri) if isinstance(uri, SipUri) else None
+    except SipProtocolError:
+        return None
+
+
+def refusal(dialog: Dialog | None, req: Request, ip: str) -> str | None:
+    """Why an in-dialog request from untrusted `ip` is refused, or None when it may pass."""
+    if dialog is None:
+        return "no such dialog"
+    if ip != dialog.peer:
+        return f"not the far end of dialog {dialog.call_id!r}"
+    if req.from_.tag != dialog.callee_tag or req.to.tag != dialog.caller_tag:
+        return "tags do not match the dialog"
+    if req.method not in CALLEE_METHODS:
+        return f"{req.method} is not allowed from a next hop"
+    return None
+
+
+def same_hop(a: Target, b: Target) -> bool:
+    return (a.transport, a.host.lower(), a.port) == (b.transport, b.host.lower(), b.port)
 
 
 def next_hop(core: ProxyCore, req: Request) -> Target:
@@ -62,17 +111,27 @@ class Relay:
         self.answered = False
 
     @classmethod
-    def start(cls, core: ProxyCore, req: Request, flow: Flow, now: float) -> None:
-        server = core.new_server_tx(req, flow)
-        relay = cls(core, server, req)
+    def start(
+        cls, core: ProxyCore, req: Request, flow: Flow, now: float, only_to: Target | None = None
+    ) -> None:
+        """Relay `req`; with `only_to`, only if it routes there (else 481 or a counted drop)."""
         fwd = req.copy()
         assert isinstance(fwd, Request)
         try:
             target = next_hop(core, fwd)
         except SipProtocolError as e:
+            if only_to is not None:
+                core._refuse_in_dialog(req, flow, e.reason)
+                return
+            relay = cls(core, core.new_server_tx(req, flow), req)
             status = e.status if 400 <= e.status < 700 else 400
             relay.answer(status, _PHRASES.get(status, "Bad Route"), now)
             return
+        if only_to is not None and not same_hop(target, only_to):
+            core._refuse_in_dialog(req, flow, f"routed to {target.host}:{target.port}")
+            return
+        server = core.new_server_tx(req, flow)
+        relay = cls(core, server, req)
         fwd.decrement_max_forwards()
         core.add_via(fwd, target)
         if req.method == "INVITE":
@@ -80,7 +139,9 @@ class Relay:
         core.start_client_tx(fwd, target, relay, "relay", now)
 
     @staticmethod
-    def forward_ack(core: ProxyCore, req: Request, flow: Flow, now: float) -> None:
+    def forward_ack(
+        core: ProxyCore, req: Request, flow: Flow, now: float, only_to: Target | None = None
+    ) -> None:
         """ACK for a 2xx: its own transaction end to end, forwarded without state."""
         fwd = req.copy()
         assert isinstance(fwd, Request)
@@ -88,6 +149,9 @@ class Relay:
             target = next_hop(core, fwd)
         except SipProtocolError:
             core.counters.inc("malformed")
+            return
+        if only_to is not None and not same_hop(target, only_to):
+            core._refuse_in_dialog(req, flow, f"ACK routed to {target.host}:{target.port}")
             return
         if fwd.max_forwards == 0:
             return

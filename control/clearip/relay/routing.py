@@ -5,6 +5,7 @@ Pure functions over parsed messages; the call state machine in `call.py` uses th
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass
 
@@ -50,6 +51,23 @@ class Candidate:
     def __post_init__(self) -> None:
         if not self.request_uri:
             self.request_uri = str(self.uri)
+
+
+_IP_LITERALS: dict[str, bool] = {}  # host text -> is an IP literal (every send asks)
+
+
+def is_ip_literal(host: str) -> bool:
+    """True for an IPv4 or IPv6 address, False for a name that needs resolving."""
+    known = _IP_LITERALS.get(host)
+    if known is None:
+        try:
+            ipaddress.ip_address(host)
+            known = True
+        except ValueError:
+            known = False
+        if len(_IP_LITERALS) < 65536:
+            _IP_LITERALS[host] = known
+    return known
 
 
 def default_port(transport: str) -> int:

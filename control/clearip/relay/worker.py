@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import ipaddress
 import json
 import logging
 import os
@@ -35,9 +34,11 @@ from clearip.relay.core import ProxyCore
 from clearip.relay.counters import Counters
 from clearip.relay.events import PRIVATE_PORT_OFFSET, Address, Flow, Send
 from clearip.relay.handoff import Handoff
+from clearip.relay.routing import is_ip_literal
 from clearip.relay.streams import ConnectionTable, StreamConnection
 from clearip.relay.tap import SocketSink, TapRecord
 from clearip.relay.upstream import UpstreamLink
+from clearip.sip.stun import binding_request, binding_success
 from clearip.trust import TrustList, load_state
 
 log = logging.getLogger("clearip.worker")
@@ -58,22 +59,6 @@ def owner_of(data: bytes, workers: int) -> int | None:
     if m is None:
         return None
     return zlib.crc32(m.group(1).strip()) % workers  # stable across processes, unlike hash()
-
-
-_IP_LITERALS: dict[str, bool] = {}  # host text -> is an IP literal (every send asks)
-
-
-def _is_ip(host: str) -> bool:
-    known = _IP_LITERALS.get(host)
-    if known is None:
-        try:
-            ipaddress.ip_address(host)
-            known = True
-        except ValueError:
-            known = False
-        if len(_IP_LITERALS) < 65536:
-            _IP_LITERALS[host] = known
-    return known
 
 
 def _wildcard(host: str) -> bool:
@@ -151,6 +136,7 @@ class Worker:
         listen = config.listen
         self._listen_by_transport = {"udp": listen.udp, "tcp": listen.tcp, "tls": listen.tls}
         self.apply_trust()
+        self.pinhole_maps: Any = None  # the fast path's pinned pinhole maps, when it is on
 
     # -- Environment -------------------------------------------------------------------------------
 
@@ -163,7 +149,7 @@ class Worker:
         if cached is not None:
             return cached
         host = "127.0.0.1"
-        if _is_ip(dest_host):
+        if is_ip_literal(dest_host):
             family = socket.AF_INET6 if ":" in dest_host else socket.AF_INET
             with socket.socket(family, socket.SOCK_DGRAM) as s:
                 try:
@@ -204,7 +190,17 @@ class Worker:
         return ip in self.trust
 
     def pinhole(self, host: str, is_open: bool) -> None:
-        if self.link_to_supervisor is not None and _is_ip(host):
+        """The core's first use of next hop `host` (an IP) began, or its last one ended.
+
+        Opening writes the eBPF pinhole here, before the request that needs it is sent, so the
+        next hop's first answer is never dropped in the kernel; the supervisor owns the
+        lifetime from then on (nftables, re-arming, closing)."""
+        if is_open and self.pinhole_maps is not None:
+            try:
+                self.pinhole_maps.add_pinhole(host, self.config.fastpath.pinhole_ttl)
+            except (OSError, ValueError) as e:
+                log.warning("fast path: cannot open the pinhole for %s: %s", host, e)
+        if self.link_to_supervisor is not None:
             self.link_to_supervisor.send_event({"event": "pinhole", "ip": host, "open": is_open})
 
     def apply_trust(self) -> None:
@@ -256,6 +252,7 @@ class Worker:
             source_ip=source,
         )
         self.link.start()
+        self.pinhole_maps = open_pinhole_maps(cfg)
         self._set_hep(cfg)
         self.loop.create_task(self._sweep_idle())
 
@@ -361,6 +358,9 @@ class Worker:
     def on_datagram(self, ep: UdpEndpoint, data: bytes, remote: Address) -> None:
         if data in (b"\r\n\r\n", b"\r\n"):
             return  # a keepalive over UDP: nothing to do
+        if data[0] < 2:  # no SIP message starts with a control byte: STUN's first bits are 0
+            self._stun(ep, data, remote)
+            return
         flow = Flow("udp", remote, ep.local)
         # On the shared port anything may belong to another worker; on our own port only a
         # response can (peers that answer to where the call started rather than to our Via).
@@ -370,6 +370,18 @@ class Worker:
                 self.handoff.send(owner, data, flow)
                 return
         self._receive(data, flow)
+
+    def _stun(self, ep: UdpEndpoint, data: bytes, remote: Address) -> None:
+        """RFC 5626 §4.4.2 keepalive: a Binding success to trusted sources, else a counted drop."""
+        request = binding_request(data)
+        if request is None:
+            self.counters.inc("malformed")
+            return
+        if not self.is_trusted(remote[0]):
+            self.counters.drop("stun_untrusted")
+            return
+        if ep.transport is not None:
+            ep.transport.sendto(binding_success(request[0], remote, request[1]), remote)
 
     def _on_stream_message(self, conn: StreamConnection, data: bytes) -> None:
         flow = Flow(conn.name, conn.remote, conn.local, conn.id)
@@ -456,13 +468,14 @@ class Worker:
     def _send_udp(self, item: Send) -> None:
         target = item.target
         host = target.host
-        if not _is_ip(host):
+        if not is_ip_literal(host):
             resolved = self._resolved.get(host)
             if resolved is None:
                 assert self.loop is not None
                 self.loop.create_task(self._resolve_and_send(item))
                 return
             host = resolved
+            self.core.resolved(item.token, host)  # pinholed before the send (SPEC §5)
         ep = self.udp.get(target.local) if target.local is not None else None
         if ep is None:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -541,6 +554,7 @@ class Worker:
             return
         self.streams.add(conn)
         for item in self._pending_connects.pop(key, []):
+            self.core.resolved(item.token, conn.remote[0])
             if not conn.write(item.data):
                 self._failed(item)
             elif self.taps:
@@ -638,10 +652,24 @@ class Worker:
         self._set_hep(config)
 
     def set_trusted(self, cidrs: list[str]) -> None:
-        self.trust.set(ipaddress.ip_network(c) for c in cidrs)
+        self.trust.set(cidrs)
 
     async def shutdown(self, grace: float) -> None:
         await self.stop(grace)
+
+
+def open_pinhole_maps(cfg: Config) -> Any:
+    """The pinhole maps the supervisor's fast path pinned, or None when it is off (the
+    supervisor loads it before starting any worker)."""
+    if cfg.fastpath.enabled == "off":
+        return None
+    from clearip.fastpath.bpf import open_pinned
+
+    try:
+        return open_pinned(cfg.fastpath.name, only=("pinholes_v4", "pinholes_v6"))
+    except Exception as e:  # off, or not this version's: the supervisor's writes still stand
+        log.debug("no fast path pinhole maps to write: %s", e)
+        return None
 
 
 def server_tls_context(cfg: Config) -> ssl.SSLContext:
