@@ -27,6 +27,7 @@ from clearip.relay.routing import (
 )
 from clearip.sip.errors import SipProtocolError
 from clearip.sip.message import Request, Response, build_response
+from clearip.sip.transaction import ClientTransaction
 from clearip.sip.uri import SipUri, parse_uri, user_number
 from clearip.stir import attest_level
 
@@ -467,6 +468,31 @@ class Call:
             if branch is self.branch and not branch.abandoned and not self.answered:
                 branch.abandoned = True
                 self._next_branch(now)
+
+    def abort(self, now: float) -> None:
+        """An internal error: end the call here. The caller gets 500 unless it has its final
+        answer already; every transaction of the call leaves the tables (SPEC §3: nothing
+        hangs or leaks)."""
+        core = self.core
+        branch = self.branch
+        for rec in (self.clearip, branch.rec if branch is not None else None):
+            if rec is None:
+                continue
+            if isinstance(rec.tx, ClientTransaction) and rec.tx.got_provisional:
+                try:
+                    core.cancel_branch(rec, now)
+                except Exception:  # the same fault again: leave the far end to its timers
+                    pass
+            core.abandon(rec)
+        self.clearip = None
+        self.deadline = None
+        try:
+            if not self.answered:
+                self._final(500, "Server Internal Error", now)
+        finally:
+            core.forget_call(self)
+            if self.server.tx.deadline is None:  # no final went out: nothing will end it
+                core.abandon(self.server)
 
     # -- answers ----------------------------------------------------------------------------------
 

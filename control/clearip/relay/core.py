@@ -19,10 +19,10 @@ from typing import Any, Protocol
 from clearip.config import Config, HostPort
 from clearip.relay.counters import Counters
 from clearip.relay.events import Address, Flow, Send, Target
-from clearip.relay.routing import default_port, is_ip_literal, target_for_uri
+from clearip.relay.routing import default_port, is_ip_literal
 from clearip.sip.errors import SipProtocolError
-from clearip.sip.headers import NameAddr, Via
-from clearip.sip.message import Request, Response, SipMessage, build_response, parse_message
+from clearip.sip.headers import Via
+from clearip.sip.message import Request, Response, build_response, parse_message
 from clearip.sip.transaction import (
     ClientTransaction,
     ServerTransaction,
@@ -36,7 +36,7 @@ from clearip.sip.transaction import (
     client_key,
     server_key,
 )
-from clearip.sip.uri import SipUri, parse_uri, parse_uri_shared
+from clearip.sip.uri import SipUri, parse_uri_shared
 
 log = logging.getLogger("clearip.relay")
 
@@ -92,13 +92,27 @@ _Timer = tuple[float, int, Any]
 
 
 class ProxyCore:
-    def __init__(self, config: Config, env: Environment, counters: Counters, worker: int = 0):
+    def __init__(
+        self,
+        config: Config,
+        env: Environment,
+        counters: Counters,
+        worker: int = 0,
+        *,
+        instance: str | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ):
         self.config = config
         self.env = env
         self.counters = counters
         self.worker = worker
-        self._instance = os.urandom(3).hex()  # branch/tag uniqueness across restarts
-        self._ids = itertools.count(1)
+        # Branches and tags are unguessable (64 random bits each): every provider sees our Via,
+        # and a branch that can be predicted is a response that can be forged. `instance`
+        # names this proxy (all its workers): a Via of ours in a request is a loop, a twin
+        # proxy's is not. Tests inject `random_bytes` to assert exact bytes.
+        self._random = random_bytes
+        self.instance = instance or random_bytes(4).hex()
+        self._branch_prefix = f"{BRANCH_MAGIC}.cip{worker}.{self.instance}."
         self._outbox: list[Send] = []
         self._timers: list[_Timer] = []
         self._seq = itertools.count()
@@ -136,7 +150,7 @@ class ProxyCore:
             if isinstance(obj, TxRecord):
                 self._tx_events(obj, obj.tx.on_timer(now), now)
             elif hasattr(obj, "on_timer"):
-                obj.on_timer(now)
+                self._guarded(obj, now, obj.on_timer, now)
             else:  # a Dialog past its maximum age
                 self.dialog_ended(obj.call_id)
 
@@ -181,18 +195,14 @@ class ProxyCore:
         if conn not in self.link_conns:
             self.link_conns.append(conn)
         for call in list(self.calls.values()):
-            call.on_link_up(now)
+            self._guarded(call, now, call.on_link_up, now)
 
     def link_down(self, conn: int, now: float) -> None:
         """A ClearIP connection closed: INVITEs waiting on it are sent once more (SPEC §3)."""
         if conn in self.link_conns:
             self.link_conns.remove(conn)
         for call in list(self.calls.values()):
-            call.on_link_down(conn, now)
-
-    @property
-    def link_is_up(self) -> bool:
-        return bool(self.link_conns)
+            self._guarded(call, now, call.on_link_down, conn, now)
 
     def upstream_target(self) -> Target | None:
         if not self.link_conns:
@@ -204,13 +214,17 @@ class ProxyCore:
     # -- helpers for Call and Relay ------------------------------------------------------------
 
     def new_branch(self) -> str:
-        return f"{BRANCH_MAGIC}.cip{self.worker}.{self._instance}.{next(self._ids):x}"
+        return self._branch_prefix + self._random(8).hex()
 
     def new_tag(self) -> str:
-        return f"cip{self.worker}{self._instance}{next(self._ids):x}"
+        return "cip" + self._random(8).hex()
 
     def is_our_branch(self, branch: str | None) -> bool:
-        return branch is not None and branch.startswith(f"{BRANCH_MAGIC}.cip")
+        """A branch this proxy (any of its workers) made: z9hG4bK.cip<worker>.<instance>.<rnd>"""
+        if branch is None or not branch.startswith(BRANCH_MAGIC + ".cip"):
+            return False
+        parts = branch.split(".", 3)
+        return len(parts) == 4 and parts[2] == self.instance
 
     def via_for(self, target: Target) -> str:
         return str(self._new_via(target))
@@ -317,6 +331,22 @@ class ProxyCore:
         cancel = tx.make_cancel()
         self.start_client_tx(cancel, rec.target, None, "cancel", now)
 
+    def _guarded(self, owner: Any, now: float, fn: Callable[..., None], *args: Any) -> None:
+        """Run one step of a call (or an in-dialog relay). A bug must cost that call, never
+        leave it hanging: the caller gets a final answer and the tables are cleaned."""
+        try:
+            fn(*args)
+        except Exception:
+            self.counters.inc("internal_errors")
+            log.exception("internal error in %s; ending it", type(owner).__name__)
+            abort = getattr(owner, "abort", None)
+            if abort is None:
+                return
+            try:
+                abort(now)
+            except Exception:
+                log.exception("internal error ending %s", type(owner).__name__)
+
     # -- transactions ----------------------------------------------------------------------------
 
     def _tx_events(self, rec: TxRecord, events: list[TxEvent], now: float) -> None:
@@ -325,15 +355,13 @@ class ProxyCore:
                 self.send(ev.data, rec.target, rec)
             elif isinstance(ev, TxDeliver):
                 if rec.owner is not None:
-                    rec.owner.on_tx_message(rec, ev.msg, now)
-                elif isinstance(ev.msg, Response):
-                    self._orphan_response(rec, ev.msg, now)
+                    self._guarded(rec.owner, now, rec.owner.on_tx_message, rec, ev.msg, now)
             elif isinstance(ev, TxTimeout):
                 if rec.owner is not None:
-                    rec.owner.on_tx_timeout(rec, now)
+                    self._guarded(rec.owner, now, rec.owner.on_tx_timeout, rec, now)
             elif isinstance(ev, TxTransportError):
                 if rec.owner is not None:
-                    rec.owner.on_tx_error(rec, now)
+                    self._guarded(rec.owner, now, rec.owner.on_tx_error, rec, now)
             elif isinstance(ev, TxTerminated):
                 self._drop_tx(rec)
         self.arm(rec)
@@ -349,9 +377,6 @@ class ProxyCore:
                 del self.client_txs[key]  # type: ignore[arg-type]
         elif self.server_txs.get(key) is rec:
             del self.server_txs[key]
-
-    def _orphan_response(self, rec: TxRecord, resp: Response, now: float) -> None:
-        """A 2xx to an INVITE nobody wants any more (late answer on an abandoned branch)."""
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -413,7 +438,7 @@ class ProxyCore:
             rec = self.new_server_tx(req, flow)
             call = Call(self, rec, req, flow, now)
             self.calls[key] = call
-            call.start(now)
+            self._guarded(call, now, call.start, now)
         elif method == "OPTIONS":
             self._server_reply(req, flow, 200, "OK", now, self._options_headers())
         else:
@@ -474,7 +499,8 @@ class ProxyCore:
             req.pop_first_value("route")
 
     def abandon(self, rec: TxRecord) -> None:
-        """Forget a client transaction without further events (its connection is gone)."""
+        """Forget a transaction without further events (its connection is gone, or its call
+        ended on an internal error)."""
         rec.owner = None
         self._drop_tx(rec)
 
@@ -523,7 +549,7 @@ class ProxyCore:
             self._server_reply(req, flow, 481, "Call/Transaction Does Not Exist", now, [])
             return
         self._server_reply(req, flow, 200, "OK", now, [])
-        call.cancel(now)
+        self._guarded(call, now, call.cancel, now)
 
     def _trusted(self, flow: Flow) -> bool:
         return self.env.is_trusted(flow.remote[0])
@@ -600,22 +626,35 @@ class ProxyCore:
             self.counters.inc("malformed")
             return
         rec = self.client_txs.get(key)
-        if rec is not None:
-            self._tx_events(rec, rec.tx.receive(resp, now), now)
+        if rec is None:
+            # A response for no transaction (a 2xx retransmitted after Timer M): dropped. A
+            # stateless forward toward the Via below ours would let anyone make the proxy
+            # deliver bytes to any host:port (RFC 3261 §16.7 allows dropping it).
+            self.counters.drop("response_unmatched")
+            log.debug("worker %d: %d %s from %s:%d matches no transaction", self.worker,
+                      resp.status, resp.cseq.method, *flow.remote)
             return
-        # RFC 3261 §16.7 step 1 / §16.11: a response for no transaction (a late 2xx
-        # retransmission) is forwarded statelessly when its top Via is ours.
-        log.debug("worker %d: %d %s from %s:%d to %s:%d matches no transaction (%s)",
-                  self.worker, resp.status, resp.cseq.method, *flow.remote, *flow.local, key[0])
-        if resp.cseq.method == "INVITE" and 200 <= resp.status < 300:
-            self.forward_response_statelessly(resp)
+        if not self._from_next_hop(rec, flow):
+            # the right branch from the wrong place: someone who saw our Via forging an answer
+            self.counters.drop("response_forged")
+            log.info("dropped a %d %s from %s:%d over %s: not where the request went",
+                     resp.status, resp.cseq.method, *flow.remote, flow.transport)
+            return
+        self._tx_events(rec, rec.tx.receive(resp, now), now)
 
-    def forward_response_statelessly(self, resp: Response) -> None:
-        vias = resp.vias
-        if len(vias) < 2 or not self.is_our_branch(vias[0].branch):
-            return
-        resp.pop_first_value("via")
-        self.send(resp.to_bytes(), via_target(vias[1]))
+    @staticmethod
+    def _from_next_hop(rec: TxRecord, flow: Flow) -> bool:
+        """A response is accepted only from where its request went: over the ClearIP link for
+        ClearIP, from the same address and port over UDP (we always send `rport`, so an RFC
+        3581 server answers from there), from the same address over TCP/TLS."""
+        target = rec.target
+        if target.upstream:
+            return flow.upstream and flow.conn == target.conn
+        if flow.upstream or flow.transport != target.transport:
+            return False
+        if flow.transport == "udp":
+            return flow.remote[0] == rec.dest and flow.remote[1] == target.port
+        return flow.remote[0] == rec.dest
 
 
 # -------------------------------------------------------------------------------------------------
@@ -628,26 +667,6 @@ def response_target(request: Request, flow: Flow) -> Target:
     via = request.top_via
     port = flow.remote[1] if via.rport is not None else (via.port or 5060)
     return Target(flow.transport, flow.remote[0], port, local=flow.local)
-
-
-def via_target(via: Any) -> Target:
-    """Where a response goes by its (next) Via: received/rport if set, else sent-by."""
-    transport = via.transport.lower()
-    host = via.received or via.host
-    rport = via.rport
-    port = (
-        rport
-        if isinstance(rport, int) and rport is not True
-        else (via.port or default_port(transport))
-    )
-    return Target(transport, host, port)
-
-
-def route_target(route: NameAddr) -> Target:
-    uri = parse_uri(route.uri)
-    if not isinstance(uri, SipUri):
-        raise SipProtocolError("Route is not a SIP URI", 416)
-    return target_for_uri(uri)
 
 
 def _deadline(obj: Any) -> float | None:
@@ -671,6 +690,3 @@ def _reason_for(status: int, err: SipProtocolError) -> str:
     base = _REASONS.get(status, "Bad Request")
     return f"{base} ({err.reason})"[:120]
 
-
-SendHook = Callable[[Send], None]
-_ = SipMessage

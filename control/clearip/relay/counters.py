@@ -34,6 +34,8 @@ COUNTER_NAMES = (
 DROP_REASONS = (
     "indialog_refused",  # from an untrusted source: no dialog of its own, or routed elsewhere
     "stun_untrusted",  # a STUN keepalive from an untrusted source
+    "response_forged",  # a response from somewhere its request did not go
+    "response_unmatched",  # a response for no transaction of ours (never forwarded blindly)
 )
 
 # A spoofed flood must not grow the per-source table without bound; sources past this many are

@@ -159,6 +159,10 @@ class Relay:
         core.add_via(fwd, target)
         core.send(fwd.to_bytes(), target)
 
+    def abort(self, now: float) -> None:
+        """An internal error relaying this request: 500 to its sender."""
+        self.answer(500, "Server Internal Error", now)
+
     def answer(self, status: int, reason: str, now: float) -> None:
         if not self.answered:
             self.answered = True

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from clearip.relay.events import Target
 from clearip.sip.errors import SipProtocolError
-from clearip.sip.headers import NameAddr, header_key
+from clearip.sip.headers import NameAddr, header_key, unfold
 from clearip.sip.message import Request, Response
 from clearip.sip.uri import SipUri, emergency_match, parse_uri
 
@@ -126,7 +126,9 @@ def headers_from_redirect(resp: Response, names: tuple[str, ...]) -> list[tuple[
     for key, line in resp.header_lines():
         if key in wanted:
             colon = line.index(b":")
-            out.append((_display_name(key, line[:colon]), line[colon + 1 :].strip(b" \t")))
+            # a folded value (legal SIP) is one line once copied: the header writer, rightly,
+            # refuses CR and LF in a value
+            out.append((_display_name(key, line[:colon]), unfold(line[colon + 1 :])))
     return out
 
 

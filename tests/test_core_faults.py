@@ -1,0 +1,139 @@
+"""Every call ends (issue 11): odd but legal input from ClearIP and providers, and bugs.
+
+Found on main by review and confirmed by driving the core: a folded Identity in the 302 was
+copied raw, the header writer refused the CRLF, and the call, its server and client
+transactions stayed with no timer -- the switch had a 100 and never a final answer.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from clearip.relay.call import Call
+from clearip.sip.message import Request, Response
+from tests.core_rig import (
+    IDENTITY,
+    PROV_A,
+    PROV_B,
+    SWITCH,
+    Rig,
+    invite,
+    msgs,
+    only,
+    redirect,
+    response_to,
+)
+from tests.test_core_flows import CONTACTS, start_call
+
+FOLDED_IDENTITY = IDENTITY[:60] + "\r\n   " + IDENTITY[60:]
+
+
+def finals_to_switch(rig: Rig) -> list[int]:
+    """The distinct final responses the switch got (retransmissions of one counted once)."""
+    seen: dict[bytes, int] = {}
+    for s in rig.sent:
+        if (s.target.host, s.target.port) == SWITCH:
+            m = msgs([s])[0]
+            if isinstance(m, Response) and m.status >= 200:
+                seen[s.data] = m.status
+    return list(seen.values())
+
+
+def drained(rig: Rig) -> bool:
+    rig.advance(300)
+    core = rig.core
+    return not (core.calls or core.server_txs or core.client_txs or core.pinholes)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        f"Identity: {FOLDED_IDENTITY}",
+        "P-Asserted-Identity: <sip:+13035550199@10.0.0.2;user=phone>,\r\n\t<tel:+13035550199>",
+        "P-Asserted-Identity:\r\n <sip:+1303@x;verstat=TN-Validation-Passed>",
+    ],
+)
+def test_folded_headers_from_clearip_are_unfolded_onto_the_next_hop(extra: str) -> None:
+    rig = Rig()
+    to_ci = start_call(rig)
+    out = rig.from_clearip(redirect(to_ci, CONTACTS, identity=None, extra=extra))
+    prov = only(out, to=PROV_B)
+    assert isinstance(prov, Request)
+    name = extra.split(":", 1)[0].lower()
+    values = prov.get_all(name)
+    assert values and all(b"\r" not in v and b"\n" not in v for v in values)
+    assert b"\r\n " not in prov.to_bytes() and b"\r\n\t" not in prov.to_bytes()
+    ok = response_to(prov, 200, "OK", mirror_rr=True, extra="Contact: <sip:b@10.0.0.14>")
+    assert only(rig.feed(ok, PROV_B), to=SWITCH).status == 200
+
+
+def test_a_contact_with_encoded_crlf_or_nul_is_skipped_for_the_next() -> None:
+    rig = Rig()
+    to_ci = start_call(rig)
+    evil = "<sip:+12025550123@10.0.0.14:5060?Identity=abc%0D%0AX-Evil%3A%201&X-Nul=a%00b>"
+    out = rig.from_clearip(redirect(to_ci, f"{evil}, <sip:+12025550123@10.0.0.13:5060>"))
+    prov = only(out, to=PROV_A)
+    assert isinstance(prov, Request)
+    assert not prov.has("x-evil") and not prov.has("x-nul") and not msgs(out, to=PROV_B)
+
+
+ODD_REDIRECTS = [
+    pytest.param("Contact: <sip:a@10.0.0.14>;q=nonsense", id="bad-q"),
+    pytest.param("Contact: <mailto:x@y>", id="not-sip"),
+    pytest.param("Contact: *", id="star"),
+    pytest.param("Identity: " + "A" * 60000, id="huge-identity"),
+    pytest.param("Contact: <sip:a@10.0.0.14;transport=sctp>", id="sctp"),
+    pytest.param("Contact: <sip:a@10.0.0.14:99999>", id="bad-port"),
+]
+
+
+@pytest.mark.parametrize("extra", ODD_REDIRECTS)
+def test_odd_redirects_still_end_the_call(extra: str) -> None:
+    rig = Rig()
+    to_ci = start_call(rig)
+    resp = redirect(to_ci, "<sip:+12025550123@10.0.0.14:5060>", identity=None)
+    if extra.startswith("Contact"):
+        resp = resp.replace(b"Contact: <sip:+12025550123@10.0.0.14:5060>", extra.encode())
+    else:
+        resp = resp.replace(b"Content-Length: 0", extra.encode() + b"\r\nContent-Length: 0")
+    rig.from_clearip(resp)
+    for s in list(rig.sent):
+        if (s.target.host, s.target.port) == PROV_B:
+            prov = msgs([s])[0]
+            if isinstance(prov, Request) and prov.method == "INVITE":
+                rig.feed(response_to(prov, 503, "Down"), PROV_B)
+    rig.advance(10)
+    assert len(finals_to_switch(rig)) == 1, finals_to_switch(rig)
+    assert drained(rig)
+
+
+@pytest.mark.parametrize(
+    "step",
+    ["_start_providers", "_next_branch", "_on_branch_response", "_on_clearip_response"],
+)
+def test_a_bug_in_any_step_ends_the_call_with_500_and_clean_tables(
+    step: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kw: object) -> None:
+        raise RuntimeError(f"injected bug in {step}")
+
+    rig = Rig()
+    to_ci = start_call(rig)
+    if step == "_on_branch_response":
+        to_b = only(rig.from_clearip(redirect(to_ci, CONTACTS)), to=PROV_B)
+        monkeypatch.setattr(Call, step, broken)
+        rig.feed(response_to(to_b, 180, "Ringing"), PROV_B)
+    else:
+        monkeypatch.setattr(Call, step, broken)
+        rig.from_clearip(redirect(to_ci, CONTACTS))
+    assert finals_to_switch(rig) == [500]
+    assert rig.counters.values["internal_errors"] == 1
+    assert drained(rig)
+
+
+def test_a_bug_when_a_call_starts_still_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Call, "_ask_clearip", lambda *a: 1 / 0)
+    rig = Rig()
+    rig.feed(invite(), SWITCH)
+    assert finals_to_switch(rig) == [500]
+    assert drained(rig)
