@@ -94,3 +94,12 @@ def test_cli_edits_the_state_file_while_stopped(
     assert main(["trusted", "--config", cfg]) == 0
     out = capsys.readouterr().out
     assert "10.1.0.0/16" in out and "10.2.0.1" not in out
+
+
+def test_state_file_is_private(tmp_path: Path) -> None:
+    import stat
+
+    trust.save_state(str(tmp_path), [trust.TrustedEntry(trust.parse_cidr("10.2.0.1"), "", "state")])
+    mode = stat.S_IMODE((tmp_path / "trusted.json").stat().st_mode)
+    assert mode == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["trusted.json"]  # no temp file left

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import socket
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,6 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from clearip.files import write_private
 
 SELF_SIGNED = "tls/self-signed.pem"  # certificate and key in one file: replaced atomically
 
@@ -53,14 +54,10 @@ def ensure_self_signed(state_dir: str) -> str:
     path = Path(state_dir) / SELF_SIGNED
     if path.exists():
         return str(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     host = socket.gethostname() or "clearip"
     cert, key = self_signed(host, dns=[host])
-    # several workers may race here: each writes its own temp file and renames it into place,
-    # so whichever wins, the file always holds a matching certificate and key
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(cert + key)
-    os.replace(tmp, path)
+    # Several workers may race here on a fresh state_dir: the first file made is the one every
+    # worker uses, never replaced, so none can load the certificate of one version and the key
+    # of another (load_cert_chain reads the file twice).
+    write_private(path, cert + key, replace=False)
     return str(path)

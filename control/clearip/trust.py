@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from clearip.files import write_private
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -141,20 +142,13 @@ def load_state(state_dir: str) -> list[TrustedEntry]:
 
 
 def save_state(state_dir: str, entries: Iterable[TrustedEntry]) -> None:
-    """Write the state file atomically (temp file + rename), so a crash never leaves half."""
-    path = state_path(state_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the state file atomically, 0600 and fsynced with its directory: a crash or a
+    power cut leaves the old list or the new one, and only the proxy's user reads it."""
     doc = {
         "version": 1,
         "entries": [{"cidr": str(e.cidr), "note": e.note} for e in entries if e.origin == "state"],
     }
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_private(state_path(state_dir), (json.dumps(doc, indent=2) + "\n").encode())
 
 
 class TrustList:
