@@ -408,14 +408,24 @@ class ProxyCore:
             if in_dialog:
                 Relay.forward_ack(self, req, flow, now, only_to)
             return
+        # Transaction limit (SPEC §3 limits): new calls stop at max_transactions; what ends or
+        # keeps up calls already admitted (CANCEL of a call, in-dialog requests) has a tenth
+        # more, so switches can still hang up and health checks still pass when it is full.
+        held = len(self.server_txs)
+        limit = self.config.limits.max_transactions
+        full = held >= limit
         if method == "CANCEL":
-            self._on_cancel(req, flow, now)
+            self._on_cancel(req, flow, now, stateless=full)
             return
         mf = req.max_forwards
         if mf == 0 and method != "OPTIONS":
             self.reply_stateless(req, flow, 483, "Too Many Hops")
             return
-        if len(self.server_txs) >= self.config.limits.max_transactions:
+        if full and method == "OPTIONS" and not in_dialog:
+            self.reply_stateless(req, flow, 200, "OK", self._options_headers())
+            return
+        if full and (not in_dialog or held >= limit + limit // 10 + 1):
+            self.counters.drop("transaction_limit")
             self.reply_stateless(req, flow, 503, "Too Many Transactions", [("Retry-After", "5")])
             return
         if in_dialog:
@@ -541,12 +551,15 @@ class ProxyCore:
         if self.calls.get(key) is call:
             del self.calls[key]
 
-    def _on_cancel(self, req: Request, flow: Flow, now: float) -> None:
+    def _on_cancel(self, req: Request, flow: Flow, now: float, *, stateless: bool) -> None:
         key = server_key(req)
         invite_key = (*key[:-1], "INVITE")  # RFC 3261 §9.2: the CANCEL matches its INVITE
         call = self.calls.get(invite_key)
         if call is None:
-            self._server_reply(req, flow, 481, "Call/Transaction Does Not Exist", now, [])
+            if stateless:  # past the limit, a CANCEL for nothing holds nothing
+                self.reply_stateless(req, flow, 481, "Call/Transaction Does Not Exist")
+            else:
+                self._server_reply(req, flow, 481, "Call/Transaction Does Not Exist", now, [])
             return
         self._server_reply(req, flow, 200, "OK", now, [])
         self._guarded(call, now, call.cancel, now)

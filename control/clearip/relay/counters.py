@@ -36,6 +36,7 @@ DROP_REASONS = (
     "stun_untrusted",  # a STUN keepalive from an untrusted source
     "response_forged",  # a response from somewhere its request did not go
     "response_unmatched",  # a response for no transaction of ours (never forwarded blindly)
+    "transaction_limit",  # a request answered 503: limits.max_transactions reached
 )
 
 # A spoofed flood must not grow the per-source table without bound; sources past this many are

@@ -1,0 +1,85 @@
+"""Limits that limit (issue 11): max_transactions holds, and when it is reached the proxy stops
+taking new calls but still lets calls already admitted end, and still answers health checks.
+
+On main CANCEL was handled before the check (50 transactions held with a limit of 10), and once
+full every request -- BYE and OPTIONS included -- got 503, so switches marked the proxy down.
+"""
+
+from __future__ import annotations
+
+from clearip.relay.events import Send
+from clearip.sip.message import Response
+from tests.core_rig import PROV_B, SWITCH, Rig, invite, msgs, only, redirect, response_to
+from tests.test_core_flows import CONTACTS, start_call
+from tests.test_core_indialog import request
+
+LIMIT = 10
+
+
+def full_rig() -> Rig:
+    rig = Rig(extra_config=f"[limits]\nmax_transactions = {LIMIT}\n")
+    for i in range(LIMIT):  # ClearIP is slow: every call holds its server transaction
+        rig.feed(invite(call_id=f"held-{i}", branch=f"z9hG4bK-held-{i}"), SWITCH)
+    assert len(rig.core.server_txs) == LIMIT
+    return rig
+
+
+def cancel(i: int) -> bytes:
+    return (
+        f"CANCEL sip:+12025550123@10.0.0.1:5060;user=phone SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 10.0.0.11:5060;branch=z9hG4bK-held-{i};rport\r\n"
+        f"From: <sip:+13035550199@10.0.0.11;user=phone>;tag=sw-tag\r\n"
+        f"To: <sip:+12025550123@10.0.0.1;user=phone>\r\n"
+        f"Call-ID: held-{i}\r\nCSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def statuses(sends: list[Send]) -> list[int]:
+    return [m.status for m in msgs(sends) if isinstance(m, Response)]
+
+
+def test_new_calls_get_503_when_full() -> None:
+    rig = full_rig()
+    resp = only(rig.feed(invite(call_id="one-too-many", branch="z9hG4bK-x"), SWITCH), to=SWITCH)
+    assert resp.status == 503 and resp.get("retry-after") == b"5"
+    assert rig.counters.drops["transaction_limit"] == 1
+    assert len(rig.core.server_txs) == LIMIT
+
+
+def test_cancels_for_nothing_hold_nothing_when_full() -> None:
+    rig = full_rig()
+    for i in range(50):
+        out = rig.feed(cancel(1000 + i), SWITCH)
+        assert statuses(out) == [481]
+    assert len(rig.core.server_txs) == LIMIT
+
+
+def test_a_cancel_of_an_admitted_call_still_works_when_full() -> None:
+    rig = full_rig()
+    out = rig.feed(cancel(3), SWITCH)
+    assert sorted(statuses(out)) == [200, 487]
+
+
+def test_health_checks_still_pass_when_full() -> None:
+    rig = full_rig()
+    options = (
+        b"OPTIONS sip:10.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.11:5060;branch=z9hG4bK-o\r\n"
+        b"From: <sip:ping@10.0.0.11>;tag=p\r\nTo: <sip:10.0.0.1>\r\nCall-ID: ping\r\n"
+        b"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert only(rig.feed(options, SWITCH), to=SWITCH).status == 200
+    assert len(rig.core.server_txs) == LIMIT
+
+
+def test_an_answered_call_can_still_hang_up_when_full() -> None:
+    rig = Rig(extra_config=f"[limits]\nmax_transactions = {LIMIT}\n")
+    to_b = only(rig.from_clearip(redirect(start_call(rig), CONTACTS)), to=PROV_B)
+    ok = response_to(to_b, 200, "OK", mirror_rr=True, extra="Contact: <sip:b@10.0.0.14:5060>")
+    only(rig.feed(ok, PROV_B), to=SWITCH)
+    for i in range(LIMIT):
+        rig.feed(invite(call_id=f"held-{i}", branch=f"z9hG4bK-held-{i}"), SWITCH)
+    assert len(rig.core.server_txs) >= LIMIT
+    bye = request(
+        "BYE", uri="sip:b@10.0.0.14:5060", from_tag="sw-tag", to_tag="uas-tag", src=SWITCH
+    )
+    assert only(rig.feed(bye, SWITCH), to=PROV_B).method == "BYE"
