@@ -133,6 +133,8 @@ def test_ipv6_addresses_are_bracketed() -> None:
 def test_control_bytes_are_dots_and_crlf_newlines() -> None:
     assert render_text(b"A\x00B\r\nC\x1b\tD\r\n\r\n") == "A.B\nC.\tD"
     assert render_text("é".encode()) == "é"
+    # C1 (\x9b is CSI to a terminal) and bidi overrides cannot reach the operator's screen
+    assert render_text("A\x9b2J\u202eB\u2028C\u2066D".encode()) == "A.2J.B.C.D"
 
 
 def test_non_sip_and_keepalives() -> None:

@@ -4,6 +4,11 @@ Under systemd, stderr is a journal stream: journald stamps each line itself, so 
 no timestamp, and it starts with a syslog priority `<N>` that journald strips and stores, so
 `journalctl -p warning` works. In a terminal or a file, lines carry a timestamp instead.
 Workers call `setup_logging` too, with a `tag` ("worker 1") so their lines can be told apart.
+
+Log messages carry what peers sent (a From URI, a Call-ID, a host name): every message is made
+printable before it is written (`printable`), whoever logged it, so an ESC or OSC sequence
+cannot reach an operator's terminal, a vertical tab or record separator cannot forge a journal
+entry (Python and journald both split lines there), and bidi overrides cannot disguise text.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import os
 import sys
 from typing import TextIO
 
-__all__ = ["LEVELS", "journal_stream", "set_level", "setup_logging"]
+__all__ = ["LEVELS", "journal_stream", "printable", "set_level", "setup_logging"]
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -32,6 +37,38 @@ _SYSLOG_PRIORITY = {
 }
 
 _HANDLER_NAME = "clearip-stderr"
+
+# C0 (but tab), DEL, C1, the Unicode line and paragraph separators, and the bidi controls
+# (embeddings, overrides, isolates, marks): shown as backslash-x/backslash-u escapes.
+_UNPRINTABLE = {
+    c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    for c in (
+        *range(0x00, 0x09),
+        *range(0x0A, 0x20),
+        *range(0x7F, 0xA0),
+        0x061C,
+        0x200E,
+        0x200F,
+        0x2028,
+        0x2029,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    )
+}
+
+
+def printable(text: str) -> str:
+    """`text` with every control, separator and bidi character escaped (see above)."""
+    return text.translate(_UNPRINTABLE)
+
+
+class _SafeFormatter(logging.Formatter):
+    """Escapes the message (what callers logged, peer bytes included); the traceback of an
+    exception, which is ours, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 def journal_stream(stream: TextIO) -> bool:
@@ -56,7 +93,7 @@ def journal_stream(stream: TextIO) -> bool:
         return False
 
 
-class _JournalFormatter(logging.Formatter):
+class _JournalFormatter(_SafeFormatter):
     def format(self, record: logging.LogRecord) -> str:
         priority = _SYSLOG_PRIORITY.get(record.levelno, 6 if record.levelno < 30 else 3)
         # Multi-line text (tracebacks) would be one journal entry per line: keep each marked.
@@ -72,7 +109,7 @@ def setup_logging(level: str = "info", *, tag: str = "", stream: TextIO | None =
     if journal_stream(stream):
         formatter = _JournalFormatter(f"{tag_text}%(levelname)s %(name)s: %(message)s")
     else:
-        formatter = logging.Formatter(f"%(asctime)s {tag_text}%(levelname)s %(name)s: %(message)s")
+        formatter = _SafeFormatter(f"%(asctime)s {tag_text}%(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
     # Idempotent: `run` and tests may call this more than once in one process.
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:

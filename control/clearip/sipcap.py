@@ -539,11 +539,16 @@ class Display:
         return out
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# C0 but tab and newline, DEL, C1 (a terminal takes \x9b as CSI), the Unicode line
+# separators, and the bidi controls that reorder what an operator reads
+_CONTROL = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
 
 
 def render_text(data: bytes) -> str:
-    """A message as text, like `tcpdump -A`: CRLF as newlines, other control bytes as '.'."""
+    """A message as text, like `tcpdump -A`: CRLF as newlines, other control characters (C1
+    and bidi ones too) as '.'."""
     text = data.decode("utf-8", "replace").replace("\r\n", "\n")
     return _CONTROL.sub(".", text).rstrip("\n")
 
