@@ -31,6 +31,20 @@
 #define CLEARIP_MAX_SIP_PORTS 64      /* (proto, port) pairs of the configured listeners */
 #define CLEARIP_MAX_TRUSTED 16384     /* prefixes per address family */
 #define CLEARIP_MAX_PINHOLES 16384    /* open pinholes per address family */
+#define CLEARIP_MAX_LOCAL_ADDRS 1024  /* the proxy's own addresses (local_addrs, + its marker) */
+/* Per-source rows of admitted sources (admitted_stats): room for every pinhole of one family
+ * and as many trusted hosts again. A full map only means no row for a new source. */
+#define CLEARIP_MAX_ADMITTED 32768
+
+/*
+ * Bounds of the header walks (each step is one fixed-size load, unrolled for the verifier).
+ * IPv6: extension headers before UDP/TCP (RFC 8200 §4: hop-by-hop, routing, fragment,
+ * destination options, AH); a chain longer than this is judged without its ports (see the
+ * classifier). VLAN: 802.1p priority tags (VLAN ID 0) left in the frame after the kernel took
+ * the first one; the stack strips them all and delivers on this same device.
+ */
+#define CLEARIP_MAX_EXT_HDRS 8
+#define CLEARIP_MAX_VLAN_TAGS 4
 
 /*
  * UDP payload check: exactly a CRLF keepalive ("\r\n", "\r\n\r\n": RFC 5626 §3.5.1), or at
@@ -43,6 +57,16 @@
 #define CLEARIP_METHOD_MIN 3
 #define CLEARIP_METHOD_MAX 16
 #define CLEARIP_PROBE_LEN 17          /* METHOD_MAX + the space */
+
+/*
+ * ... or a STUN Binding request, the UDP keepalive of SIP outbound (RFC 5626 §4.4.2): a
+ * 20-byte header (RFC 5389 §6) of type 0x0001 (so its first two bits are 0), the magic cookie
+ * at offset 4, and a message length that is a multiple of 4 and exactly the rest of the
+ * datagram. Only from admitted sources, like SIP: the relay answers it.
+ */
+#define CLEARIP_STUN_HEADER_LEN 20
+#define CLEARIP_STUN_BINDING_REQUEST 0x0001
+#define CLEARIP_STUN_MAGIC_COOKIE 0x2112A442
 
 /* sip_ports: which (protocol, destination port) pairs are judged. Value: __u8, always 1. */
 struct clearip_port_key {
@@ -71,13 +95,29 @@ struct clearip_lpm_v6 {
  * the source is admitted while now < expiry. Only user space deletes entries.
  */
 
-/* src_stats key: the source address; IPv4 as the mapped form ::ffff:a.b.c.d. */
+/*
+ * Key of src_stats, admitted_stats and local_addrs: an address, IPv4 as the mapped form
+ * ::ffff:a.b.c.d (one map for both families).
+ *
+ * local_addrs (value: __u8, always 1) holds the proxy's own addresses, plus `::` as a marker
+ * whenever it holds any: with no marker nothing is known to be local yet and every
+ * destination is judged (fail closed); with it, a packet to an address not in the map is
+ * someone else's (forwarded or bridged) and left alone. `::` is never a packet's destination.
+ */
 struct clearip_addr6 {
 	__u8 addr[16];
 };
 #define CLEARIP_ADDR6_SIZE 16
 
-/* src_stats value (per CPU: user space sums the CPUs). */
+/*
+ * Per-source counters, one row per source in one of two maps (user space adds them up when a
+ * source is in both):
+ *   admitted_stats  trusted or pinholed sources; per-CPU hash, not LRU, so no flood of
+ *                   spoofed strangers can evict them; user space sums the CPUs;
+ *   src_stats       every other source; LRU (a flood evicts the least recently seen), one
+ *                   value for all CPUs updated with atomic adds, so reading 64K rows costs
+ *                   the same on 2 CPUs as on 64.
+ */
 struct clearip_src_stats {
 	__u64 passed_pkts;
 	__u64 passed_bytes;

@@ -198,16 +198,27 @@ ETH_IP, ETH_IP6, ETH_ARP = 0x0800, 0x86DD, 0x0806
 PROXY4, PROXY6 = "10.9.0.10", "fd09::10"
 
 
-def _eth(ethertype: int, payload: bytes) -> bytes:
-    return (
-        b"\x02\x00\x00\x00\x00\x10"
-        + b"\x02\x00\x00\x00\x00\x11"
-        + struct.pack("!H", ethertype)
-        + payload
-    )
+# BPF_PROG_TEST_RUN runs the frame as received on loopback, whose MAC is all zeros: frames to
+# it are PACKET_HOST; to another unicast MAC, PACKET_OTHERHOST (never delivered, not ours).
+HOST_MAC = bytes(6)
+OTHER_MAC = b"\x02\x00\x00\x00\x00\x10"
+BROADCAST_MAC = b"\xff" * 6
 
 
-def _ip4(src: str, proto: int, l4: bytes, *, options: bytes = b"", frag_off: int = 0) -> bytes:
+def _eth(ethertype: int, payload: bytes, dst_mac: bytes = HOST_MAC) -> bytes:
+    return dst_mac + b"\x02\x00\x00\x00\x00\x11" + struct.pack("!H", ethertype) + payload
+
+
+def _ip4(
+    src: str,
+    proto: int,
+    l4: bytes,
+    *,
+    options: bytes = b"",
+    frag_off: int = 0,
+    dst: str = PROXY4,
+    dst_mac: bytes = HOST_MAC,
+) -> bytes:
     ihl = 5 + len(options) // 4
     head = struct.pack(
         "!BBHHHBBH4s4s",
@@ -220,15 +231,52 @@ def _ip4(src: str, proto: int, l4: bytes, *, options: bytes = b"", frag_off: int
         proto,
         0,
         ipaddress.IPv4Address(src).packed,
-        ipaddress.IPv4Address(PROXY4).packed,
+        ipaddress.IPv4Address(dst).packed,
     )
-    return _eth(ETH_IP, head + options + l4)
+    return _eth(ETH_IP, head + options + l4, dst_mac)
 
 
-def _ip6(src: str, nexthdr: int, l4: bytes) -> bytes:
+def _ip6(src: str, nexthdr: int, l4: bytes, *, dst: str = PROXY6) -> bytes:
     head = struct.pack("!IHBB", 6 << 28, len(l4), nexthdr, 64)
-    head += ipaddress.IPv6Address(src).packed + ipaddress.IPv6Address(PROXY6).packed
+    head += ipaddress.IPv6Address(src).packed + ipaddress.IPv6Address(dst).packed
     return _eth(ETH_IP6, head + l4)
+
+
+HOP, ROUTING, FRAGMENT, AUTH, DEST = 0, 43, 44, 51, 60  # IPv6 extension headers
+
+
+def _ext6(
+    kind: int, nexthdr: int, *, size: int = 8, frag_off: int = 0, more: bool = False
+) -> bytes:
+    """One IPv6 extension header of `size` bytes whose next header is `nexthdr`."""
+    if kind == FRAGMENT:  # offset in 8-byte units, M flag (RFC 8200 §4.5)
+        return struct.pack("!BBHI", nexthdr, 0, frag_off << 3 | more, 7)
+    if kind == AUTH:  # length in 4-byte units, less 2 (RFC 4302)
+        return bytes([nexthdr, size // 4 - 2]) + bytes(size - 2)
+    # hop-by-hop, routing, destination options: 8-byte units, less 1; here one PadN option
+    return bytes([nexthdr, size // 8 - 1, 1, size - 4]) + bytes(size - 4)
+
+
+def _chain6(kinds: list[int], last: int, **frag: Any) -> bytes:
+    nexts = [*kinds[1:], last]
+    return b"".join(
+        _ext6(k, n, **(frag if k == FRAGMENT else {})) for k, n in zip(kinds, nexts, strict=True)
+    )
+
+
+def udp6x(src: str, kinds: list[int], payload: bytes, dport: int = 5060, **kw: Any) -> bytes:
+    """IPv6 UDP behind the extension headers `kinds` (in order)."""
+    dst = kw.pop("dst", PROXY6)
+    first = kinds[0] if kinds else socket.IPPROTO_UDP
+    return _ip6(
+        src, first, _chain6(kinds, socket.IPPROTO_UDP, **kw) + _udp(dport, payload), dst=dst
+    )
+
+
+def _vlan(tags: list[tuple[int, int]], inner: bytes) -> bytes:
+    """The Ethernet frame `inner` with 802.1Q/802.1ad tags (TPID, VLAN ID) after its MAC
+    addresses, outermost first."""
+    return inner[:12] + b"".join(struct.pack("!HH", tpid, vid) for tpid, vid in tags) + inner[12:]
 
 
 def _udp(dport: int, payload: bytes) -> bytes:
@@ -243,8 +291,17 @@ def udp4(src: str, payload: bytes, dport: int = 5060, **kw: Any) -> bytes:
     return _ip4(src, socket.IPPROTO_UDP, _udp(dport, payload), **kw)
 
 
-def udp6(src: str, payload: bytes, dport: int = 5060) -> bytes:
-    return _ip6(src, socket.IPPROTO_UDP, _udp(dport, payload))
+def udp6(src: str, payload: bytes, dport: int = 5060, **kw: Any) -> bytes:
+    return _ip6(src, socket.IPPROTO_UDP, _udp(dport, payload), **kw)
+
+
+def stun(
+    msg_type: int = 0x0001, attrs: bytes = b"", *, length: int | None = None, **kw: Any
+) -> bytes:
+    """A STUN message (RFC 5389 §6): type, length, magic cookie, 96-bit transaction id."""
+    cookie = kw.get("cookie", 0x2112A442)
+    size = len(attrs) if length is None else length
+    return struct.pack("!HHI", msg_type, size, cookie) + b"txn-id-12345" + attrs
 
 
 OPTIONS = b"OPTIONS sip:proxy@10.9.0.10 SIP/2.0\r\nVia: SIP/2.0/UDP 10.9.0.1\r\n\r\n"
@@ -272,9 +329,11 @@ def fp(loaded: BpfFastPath) -> Iterator[BpfFastPath]:
     """`loaded` with 10.9.1.0/24 and fd09:1::/64 trusted, default ports, no pinholes."""
     loaded.set_trusted(["10.9.1.0/24", "fd09:1::/64"])
     loaded.set_sip_ports(SIP_PORTS)
+    loaded.set_local_addresses([])
     yield loaded
     for addr in loaded.maps.pinholes():
         loaded.remove_pinhole(addr)
+    loaded.set_local_addresses([])
 
 
 def _src(fp: BpfFastPath, addr: str) -> dict[str, int]:
@@ -304,7 +363,17 @@ PAYLOADS = [
     (b"\r\n\r\n\r\n", False),  # not exactly a keepalive
     (b"\r\nINVITE sip:x SIP/2.0\r\n", False),
     (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32), False),  # TLS on UDP
-    (b"\x00\x01\x00\x00\x21\x12\xa4\x42" + bytes(12), False),  # STUN binding request
+    # STUN Binding requests: the keepalive of SIP outbound (RFC 5626 §4.4.2), exactly
+    (stun(), True),
+    (stun(attrs=b"\x80\x28\x00\x04abcd"), True),  # with an attribute (FINGERPRINT-sized)
+    (stun(0x0101), False),  # a Binding success response: the proxy never asks
+    (stun(0x0011), False),  # a Binding indication
+    (stun(0x4001), False),  # the first two bits must be 0
+    (stun(cookie=0x2112A443), False),  # RFC 3489's cookie-less STUN: not a keepalive here
+    (stun(length=4), False),  # announces 4 bytes of attributes, has none
+    (stun(attrs=b"abcd", length=0), False),  # ... or has some it does not announce
+    (stun(attrs=b"abc"), False),  # a length that is not a multiple of 4
+    (stun()[:19], False),  # cut short
 ]
 
 
@@ -391,11 +460,8 @@ def test_ip_header_variants(fp: BpfFastPath) -> None:
     mf = 0x2000
     assert _verdict(fp.prog_fd, udp4("10.9.2.4", INVITE, frag_off=mf)) == TC_ACT_SHOT
     assert _verdict(fp.prog_fd, udp4("10.9.2.4", b"junk", frag_off=185)) == TC_ACT_UNSPEC
-    # IPv6 with an extension header (here a fragment header) is not ours
-    frag_hdr = struct.pack("!BBHI", socket.IPPROTO_UDP, 0, 1, 7)
-    ext = _ip6("fd09:2::4", 44, frag_hdr + _udp(5060, INVITE))
-    assert _verdict(fp.prog_fd, ext) == TC_ACT_UNSPEC
-    # a header cut short (UDP announced, no UDP header) is left to the stack, which drops it
+    # an IPv4 header cut short (UDP announced, no UDP header) is left to the stack, which
+    # drops it; an IPv6 one is not (its ports may come in a later fragment: see below)
     assert _verdict(fp.prog_fd, _ip4("10.9.2.4", socket.IPPROTO_UDP, b"")) == TC_ACT_UNSPEC
 
 
@@ -449,17 +515,281 @@ def test_pinholes_admit_until_removed_or_expired(fp: BpfFastPath) -> None:
         fp.add_pinhole(hop, 0)
 
 
+def _delta(fp: BpfFastPath, addr: str, frames: list[bytes]) -> tuple[list[int], dict[str, int]]:
+    """The verdicts of `frames` and how much each counter of `addr` moved meanwhile."""
+    before = _src(fp, addr)
+    verdicts = [_verdict(fp.prog_fd, f) for f in frames]
+    after = _src(fp, addr)
+    return verdicts, {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+
+def _totals_delta(fp: BpfFastPath, frames: list[bytes]) -> tuple[list[int], dict[str, int]]:
+    before = fp.read_totals()
+    verdicts = [_verdict(fp.prog_fd, f) for f in frames]
+    after = fp.read_totals()
+    moved = {k: after[k]["pkts"] - before[k]["pkts"] for k in after}
+    return verdicts, {k: n for k, n in moved.items() if n}
+
+
+EXT_CHAINS = [
+    [HOP],
+    [DEST],
+    [ROUTING],
+    [AUTH],
+    [FRAGMENT],  # an atomic fragment (offset 0, no more): judged by its ports
+    [HOP, DEST, ROUTING, FRAGMENT, AUTH, DEST],
+    [HOP] + [DEST] * 7,  # CLEARIP_MAX_EXT_HDRS, the longest walked
+]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("kinds", EXT_CHAINS, ids=["-".join(map(str, k)) for k in EXT_CHAINS])
+def test_ipv6_extension_headers_are_walked(fp: BpfFastPath, kinds: list[int]) -> None:
+    # a stranger's INVITE behind extension headers is dropped and counted, like any other
+    verdicts, moved = _delta(fp, "fd09:2::6", [udp6x("fd09:2::6", kinds, INVITE)])
+    assert verdicts == [TC_ACT_SHOT]
+    assert moved["dropped_untrusted_pkts"] == 1
+    # a trusted source's SIP passes, its junk does not: the payload is found behind them
+    frames = [udp6x("fd09:1::6", kinds, OPTIONS), udp6x("fd09:1::6", kinds, b"hello")]
+    verdicts, moved = _delta(fp, "fd09:1::6", frames)
+    assert verdicts == [TC_ACT_UNSPEC, TC_ACT_SHOT]
+    assert (moved["passed_pkts"], moved["dropped_nonsip_pkts"]) == (1, 1)
+    # other ports are still not ours; TCP is walked to as well
+    assert _verdict(fp.prog_fd, udp6x("fd09:2::6", kinds, INVITE, dport=53)) == TC_ACT_UNSPEC
+    syn = _ip6("fd09:2::6", kinds[0], _chain6(kinds, socket.IPPROTO_TCP) + _tcp_syn(5061))
+    assert _verdict(fp.prog_fd, syn) == TC_ACT_SHOT
+
+
+@pytest.mark.root
+def test_ipv6_fragments_and_chains_that_cannot_be_walked(fp: BpfFastPath) -> None:
+    rogue, switch = "fd09:2::7", "fd09:1::7"
+    udp = socket.IPPROTO_UDP
+    # a first fragment is judged by its ports; a later one carries none and passes alone
+    first = udp6x(rogue, [FRAGMENT], INVITE, more=True)
+    later = _ip6(rogue, FRAGMENT, _ext6(FRAGMENT, udp, frag_off=185) + b"junk" * 8)
+    verdicts, moved = _delta(fp, rogue, [first, later])
+    assert verdicts == [TC_ACT_SHOT, TC_ACT_UNSPEC]
+    assert moved == {"dropped_untrusted_pkts": 1, "dropped_untrusted_bytes": len(first)}
+
+    # Without its ports, to a local address: dropped, and counted under its source: untrusted
+    # from a stranger, non-SIP from an admitted source (nothing shows it is SIP).
+    unreadable = {
+        "a chain longer than the bound": lambda src: udp6x(src, [DEST] * 9, INVITE),
+        "a chain cut short": lambda src: _ip6(src, DEST, b""),
+        "a header cut short": lambda src: _ip6(src, DEST, _ext6(DEST, HOP)[:6]),
+        "the UDP header in a later fragment": lambda src: _ip6(
+            src, FRAGMENT, _ext6(FRAGMENT, udp, more=True) + _udp(5060, b"")[:4]
+        ),
+        "no UDP header at all": lambda src: _ip6(src, udp, b""),
+    }
+    for what, frame in unreadable.items():
+        verdicts, moved = _delta(fp, rogue, [frame(rogue)])
+        assert (verdicts, moved.get("dropped_untrusted_pkts")) == ([TC_ACT_SHOT], 1), what
+        verdicts, moved = _delta(fp, switch, [frame(switch)])
+        assert (verdicts, moved.get("dropped_nonsip_pkts")) == ([TC_ACT_SHOT], 1), what
+    # whatever its port would have been (it cannot be seen)...
+    assert _verdict(fp.prog_fd, udp6x(rogue, [DEST] * 9, INVITE, dport=53)) == TC_ACT_SHOT
+    # ... but only to the proxy's own addresses
+    fp.set_local_addresses([PROXY6])
+    assert _verdict(fp.prog_fd, udp6x(rogue, [DEST] * 9, INVITE, dst="fd09::99")) == -1
+    # other protocols behind a walkable chain are not ours, as in IPv4
+    icmp6 = _ip6(rogue, DEST, _ext6(DEST, socket.IPPROTO_ICMPV6) + bytes(8))
+    assert _verdict(fp.prog_fd, icmp6) == TC_ACT_UNSPEC
+
+
+@pytest.mark.root
+def test_stun_keepalives_pass_from_admitted_sources_only(fp: BpfFastPath) -> None:
+    verdicts, moved = _delta(fp, "10.9.1.9", [udp4("10.9.1.9", stun())])
+    assert (verdicts, moved["passed_pkts"]) == ([TC_ACT_UNSPEC], 1)
+    verdicts, moved = _delta(fp, "10.9.2.9", [udp4("10.9.2.9", stun())])
+    assert (verdicts, moved["dropped_untrusted_pkts"]) == ([TC_ACT_SHOT], 1)
+    fp.add_pinhole("10.9.2.9", 30)  # a pinholed next hop keeps its NAT binding alive too
+    assert _verdict(fp.prog_fd, udp4("10.9.2.9", stun())) == TC_ACT_UNSPEC
+    assert _verdict(fp.prog_fd, udp4("10.9.2.9", stun(), dport=5061)) == TC_ACT_UNSPEC  # TCP's
+
+
+@pytest.mark.root
+def test_only_the_proxys_own_destinations_are_judged(fp: BpfFastPath) -> None:
+    rogue, rogue6 = "10.9.2.10", "fd09:2::10"
+    fp.set_local_addresses([PROXY4, "::ffff:10.9.0.255", PROXY6])
+    assert fp.local_addresses() == [PROXY4, "10.9.0.255", PROXY6]  # one normal form
+    # traffic to other hosts' 5060 (forwarded, bridged) is left alone and not counted
+    others = [udp4(rogue, INVITE, dst="10.9.0.99"), udp6(rogue6, INVITE, dst="fd09::99")]
+    assert _totals_delta(fp, others) == ([TC_ACT_UNSPEC] * 2, {})
+    # the proxy's own, its subnet's broadcast, and broadcast or multicast of any kind: judged
+    ours = [
+        udp4(rogue, INVITE),
+        udp6(rogue6, INVITE),
+        udp4(rogue, INVITE, dst="10.9.0.255"),
+        udp4(rogue, INVITE, dst="255.255.255.255"),
+        udp4(rogue, INVITE, dst="224.0.1.75"),  # sip.mcast.net
+        udp6(rogue6, INVITE, dst="ff02::1"),
+        udp4(rogue, INVITE, dst="10.9.7.255", dst_mac=BROADCAST_MAC),  # a link broadcast
+    ]
+    assert _totals_delta(fp, ours) == ([TC_ACT_SHOT] * 7, {"dropped_untrusted": 7})
+    # a frame for another host's MAC (promiscuous mode) is never delivered here: not ours
+    other_mac = udp4(rogue, INVITE, dst_mac=OTHER_MAC)
+    assert _totals_delta(fp, [other_mac]) == ([TC_ACT_UNSPEC], {})
+
+    # no addresses: nothing is known to be local, so every destination is judged
+    fp.set_local_addresses([])
+    assert fp.local_addresses() == []
+    assert _totals_delta(fp, others) == ([TC_ACT_SHOT] * 2, {"dropped_untrusted": 2})
+    with pytest.raises(ValueError, match="unspecified"):
+        fp.set_local_addresses(["::"])
+    with pytest.raises(ValueError, match="not an IP address"):
+        fp.set_local_addresses(["proxy.example.net"])
+    with pytest.raises(ValueError, match="holds"):
+        fp.set_local_addresses([f"10.{i >> 8}.{i & 255}.1" for i in range(bpf.MAX_LOCAL_ADDRS + 1)])
+    assert fp.local_addresses() == []  # refused lists change nothing
+
+    # an address judged before and after a change is judged throughout: new in, then old out
+    fp.set_local_addresses([PROXY4, "10.9.0.11"])
+    fp.set_local_addresses(["10.9.0.11", "10.9.0.12"])
+    assert fp.local_addresses() == ["10.9.0.11", "10.9.0.12"]
+    assert _verdict(fp.prog_fd, udp4(rogue, INVITE)) == TC_ACT_UNSPEC  # PROXY4 no longer
+
+
+@pytest.mark.root
+def test_vlan_tagged_frames_are_judged_once(fp: BpfFastPath) -> None:
+    """BPF_PROG_TEST_RUN leaves every tag in the frame (no hardware untagging): these frames
+    are what the classifier sees after the kernel took the outer tag (test_lab_vlan shows
+    that one)."""
+    dot1q, dot1ad = 0x8100, 0x88A8
+    rogue, switch = "10.9.2.11", "10.9.1.11"
+    invite, options = udp4(rogue, INVITE), udp4(switch, OPTIONS)
+    # a VLAN ID: its VLAN device judges it after untagging, not this one
+    assert _totals_delta(fp, [_vlan([(dot1q, 100)], invite)]) == ([TC_ACT_UNSPEC], {})
+    assert _totals_delta(fp, [_vlan([(dot1ad, 0), (dot1q, 7)], invite)]) == ([-1], {})
+    # priority tags (VLAN ID 0) stay on this device: judged here, behind up to the bound
+    for tags in ([(dot1q, 0)], [(dot1ad, 0), (dot1q, 0)], [(dot1q, 0)] * bpf.MAX_VLAN_TAGS):
+        verdicts, moved = _delta(fp, rogue, [_vlan(tags, invite)])
+        assert (verdicts, moved["dropped_untrusted_pkts"]) == ([TC_ACT_SHOT], 1)
+        verdicts, moved = _delta(fp, switch, [_vlan(tags, options)])
+        assert (verdicts, moved["passed_pkts"]) == ([TC_ACT_UNSPEC], 1)
+    v6 = _vlan([(dot1q, 0)], udp6("fd09:2::11", INVITE))
+    assert _verdict(fp.prog_fd, v6) == TC_ACT_SHOT
+    # more priority tags than the walk's bound hide the IP header: dropped, in totals only
+    deep = _vlan([(dot1q, 0)] * (bpf.MAX_VLAN_TAGS + 1), invite)
+    assert _totals_delta(fp, [deep]) == ([TC_ACT_SHOT], {"dropped_untrusted": 1})
+
+
+@pytest.mark.root
+def test_admitted_sources_keep_their_counters_through_a_spoofed_flood(fp: BpfFastPath) -> None:
+    switch, hop, stranger = "10.9.1.12", "10.9.2.12", "10.9.2.13"
+    for _ in range(3):
+        _verdict(fp.prog_fd, udp4(switch, OPTIONS))
+    fp.add_pinhole(hop, 30)
+    _verdict(fp.prog_fd, udp4(hop, OPTIONS))
+    _verdict(fp.prog_fd, udp4(stranger, INVITE))  # dropped as a stranger...
+    fp.add_pinhole(stranger, 30)
+    _verdict(fp.prog_fd, udp4(stranger, OPTIONS))  # ... then passed through its pinhole
+    switch_row = _src(fp, switch)
+    # strangers spoofing three times as many addresses as the LRU holds
+    base = int(ipaddress.IPv4Address("10.8.0.0"))
+    for i in range(3 * MAX_SOURCES):
+        _verdict(fp.prog_fd, udp4(str(ipaddress.IPv4Address(base + i)), INVITE))
+    sources = fp.read_sources()
+    assert sum(a.startswith("10.8.") for a in sources) <= MAX_SOURCES  # the LRU evicted
+    assert sources[switch] == switch_row and switch_row["passed_pkts"] >= 3  # not evicted
+    assert sources[hop]["passed_pkts"] == 1
+    # an address in both maps reads as one row (the stranger's LRU row may have gone)
+    assert sources[stranger]["passed_pkts"] == 1
+    assert sources[stranger]["dropped_untrusted_pkts"] in (0, 1)
+
+    # after a deny, the admitted rows of sources no longer admitted go
+    assert fp.sweep_admitted(lambda addr: addr != hop) == 1
+    assert hop not in fp.read_sources()
+    assert fp.read_sources()[switch] == switch_row
+
+
+def test_percpu_sums_are_exact() -> None:
+    """The big-integer lane sum of read_sources() against plain addition, near its limits."""
+    rng = __import__("random").Random(5060)
+    for ncpus, top in ((1, 64), (2, 63), (3, 62), (16, 60), (16, 64), (300, 40)):
+        n, words = 257, 6
+        values = [rng.getrandbits(top) for _ in range(n * ncpus * words)]
+        raw = struct.pack(f"={len(values)}Q", *values)
+        got = list(bpf._sum_percpu(raw, n, ncpus, words, words))
+        want = [
+            tuple(
+                sum(values[(i * ncpus + c) * words + f] for c in range(ncpus)) for f in range(words)
+            )
+            for i in range(n)
+        ]
+        assert got == want, (ncpus, top)
+    assert list(bpf._sum_percpu(b"", 0, 4, 6, 6)) == []
+
+
+@pytest.mark.parametrize(
+    "addr",
+    ["10.9.0.1", "::", "::1", "::10.9.0.1", "fd09::10", "2001:db8::1:0:0:1", "fe80::1", "ff02::1"],
+)
+def test_map_keys_read_back_as_the_address_text_status_shows(addr: str) -> None:
+    parsed = bpf._parse_ip(addr) if addr != "::" else ipaddress.IPv6Address(addr)
+    assert bpf._addr_text(bpf._addr_key(parsed)) == str(parsed)
+
+
+@pytest.mark.parametrize(
+    ("text", "normal"),
+    [
+        ("::ffff:192.0.2.1", "192.0.2.1/32"),
+        ("::ffff:192.0.2.1/128", "192.0.2.1/32"),
+        ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+        ("192.0.2.0/24", "192.0.2.0/24"),
+        ("2001:db8::/32", "2001:db8::/32"),
+        ("::ffff:0:0/96", None),  # every IPv4 address: refused, not 0.0.0.0/0
+        ("::/0", None),
+        ("0.0.0.0/0", None),
+        ("::ffff:0:0/95", None),  # IPv6 and every IPv4 address at once
+        ("192.0.2.1/24", None),  # host bits
+        ("fe80::1%eth0", None),
+    ],
+)
+def test_trusted_sources_take_the_normal_form_of_every_enforcer(
+    text: str, normal: str | None
+) -> None:
+    if normal is None:
+        with pytest.raises(ValueError, match="trusted source"):
+            bpf._parse_cidr(text)
+    else:
+        assert str(bpf._parse_cidr(text)) == normal
+    addr = text.partition("/")[0]
+    if "/" not in text and "%" not in text:
+        assert str(bpf._parse_ip(addr)) == normal.partition("/")[0]  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="not an IP address"):
+        bpf._parse_ip("fe80::1%eth0")
+
+
+def test_open_pinned_refuses_maps_it_does_not_know() -> None:
+    with pytest.raises(ValueError, match="src_stat"):
+        open_pinned("cipt_none", only=["src_stat"])
+
+
 # =============================================================================================
 # Root + bcc + namespaces: the classifier on a real interface, maps through the pins
 
 # Runs in the proxy's network namespace (but this mount namespace, so /sys/fs/bpf is ours):
 # loads, trusts, attaches and pins from inside a running asyncio loop as the supervisor does,
-# prints READY, and on SIGTERM takes it all down (detach + unpin) and prints STOPPED.
+# prints READY, and on SIGTERM takes it all down (detach + unpin) and prints STOPPED. Between
+# the two it takes one JSON command per stdin line, as the supervisor's watchdog would call
+# (candidates: attach_candidates(); reconcile: fp.reconcile(interfaces)), and answers with a
+# line "REPLY <json>" that also says how many netlink sessions the command opened.
 LOADER_PY = """
 import asyncio, json, signal, sys
-from clearip.fastpath.bpf import BpfFastPath
+from clearip.fastpath import bpf
+from clearip.fastpath.bpf import BpfFastPath, attach_candidates
 
 cfg = json.loads(sys.argv[1])
+sessions = 0
+netlink = bpf._netlink
+
+def counted(fn):
+    global sessions
+    sessions += 1
+    return netlink(fn)
+
+bpf._netlink = counted
 
 async def main():
     fp = BpfFastPath(cfg["name"], [tuple(p) for p in cfg["ports"]], cfg["max_sources"])
@@ -467,9 +797,29 @@ async def main():
     fp.set_trusted(cfg["trusted"])
     fp.attach(cfg["interfaces"])
     fp.pin()
+    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop.set)
+
+    def command():
+        line = sys.stdin.readline()
+        if not line:
+            loop.remove_reader(sys.stdin.fileno())
+            return
+        cmd = json.loads(line)
+        before = sessions
+        try:
+            if cmd["op"] == "candidates":
+                reply = {"result": attach_candidates()}
+            else:
+                reply = {"result": fp.reconcile(cmd["interfaces"]), "attached": fp.attached}
+        except Exception as e:
+            reply = {"error": repr(e)}
+        reply["netlink"] = sessions - before
+        print("REPLY", json.dumps(reply), flush=True)
+
+    loop.add_reader(sys.stdin.fileno(), command)
     print("READY", fp.filter_name, flush=True)
     await stop.wait()
     fp.stop()
@@ -504,12 +854,28 @@ while True:
             conn.close()
 """
 
-# send.py DST PORT HEX: one UDP datagram.
+# send.py DST PORT HEX [dst|hop]: one UDP datagram; over IPv6 optionally behind a destination
+# options or hop-by-hop header the kernel adds itself (8 bytes: one PadN option, RFC 8200 §4.2).
 SEND_PY = """
 import socket, sys
 dst, port, payload = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
 fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
-socket.socket(fam, socket.SOCK_DGRAM).sendto(payload, (dst, port))
+s = socket.socket(fam, socket.SOCK_DGRAM)
+ext = sys.argv[4] if len(sys.argv) > 4 else ""
+pad8 = bytes([0, 0, 1, 4, 0, 0, 0, 0])
+if ext == "dst":
+    s.setsockopt(socket.IPPROTO_IPV6, getattr(socket, "IPV6_DSTOPTS", 59), pad8)
+elif ext == "hop":
+    s.setsockopt(socket.IPPROTO_IPV6, getattr(socket, "IPV6_HOPOPTS", 54), pad8)
+s.sendto(payload, (dst, port))
+"""
+
+# rawsend.py IFACE HEX: one Ethernet frame as given (AF_PACKET), e.g. with VLAN tags.
+RAWSEND_PY = """
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+s.send(bytes.fromhex(sys.argv[2]))
 """
 
 # connect.py DST PORT TIMEOUT: exit 0 connected, 3 timed out, 4 refused or unreachable.
@@ -538,11 +904,12 @@ for i in range(count):
     s.sendto(ip + udp, (dst, 0))
 """
 
-# remove_all.py NAME IFACE...: crash clean-up; prints what it removed as JSON.
+# remove_all.py NAME [IFACE...]: crash clean-up (no IFACE: every interface, up or down);
+# prints what it removed as JSON.
 REMOVE_ALL_PY = """
 import json, sys
 from clearip.fastpath.bpf import remove_all
-print(json.dumps(remove_all(sys.argv[1], sys.argv[2:])))
+print(json.dumps(remove_all(sys.argv[1], sys.argv[2:] or None)))
 """
 
 
@@ -553,12 +920,41 @@ class Loader:
     proc: subprocess.Popen[bytes]
     log: Path
     filter_name: str = ""
+    replies: int = 0
+
+    def command(self, op: str, **args: Any) -> dict[str, Any]:
+        """One command to the loader (see LOADER_PY) and its reply."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, **args}).encode() + b"\n")
+        self.proc.stdin.flush()
+        self.replies += 1
+
+        def reply() -> dict[str, Any] | None:
+            lines = [ln for ln in self.text().splitlines() if ln.startswith("REPLY ")]
+            if len(lines) >= self.replies:
+                return json.loads(lines[self.replies - 1][6:])  # type: ignore[no-any-return]
+            if self.proc.poll() is not None:
+                pytest.fail(f"loader exited rc={self.proc.returncode}:\n{self.text()}")
+            return None
+
+        got: dict[str, Any] = _wait_for(f"the loader to answer {op}", reply, timeout=30)
+        assert "error" not in got, got
+        return got
+
+    def reconcile(self, interfaces: list[str]) -> tuple[list[str], int]:
+        """fp.reconcile(interfaces) in the loader: the lines, and netlink sessions opened."""
+        got = self.command("reconcile", interfaces=interfaces)
+        return got["result"], got["netlink"]
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
-        return stop_process(self.proc, sig, grace=10.0)
+        rc = stop_process(self.proc, sig, grace=10.0)
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        return rc
 
 
 @dataclass
@@ -598,7 +994,7 @@ class Rig:
                 self.in_proxy_ns(argv),
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 start_new_session=True,
             )
         loader = Loader(proc, log)
@@ -622,9 +1018,31 @@ class Rig:
         return self.maps
 
     # ------------------------------------------------------------------ traffic
-    def send(self, host: Host, payload: bytes, *, v6: bool = False, port: int = 5060) -> None:
-        dst = self.proxy.ip6 if v6 else self.proxy.ip
-        host.run([sys.executable, self.script("send.py"), dst, str(port), payload.hex()])
+    def send(
+        self,
+        host: Host,
+        payload: bytes,
+        *,
+        v6: bool = False,
+        port: int = 5060,
+        dst: str | None = None,
+        ext: str = "",
+    ) -> None:
+        """One UDP datagram from `host` to the proxy (or `dst`); `ext`: see SEND_PY."""
+        to = dst or (self.proxy.ip6 if v6 else self.proxy.ip)
+        assert to is not None
+        argv = [sys.executable, self.script("send.py"), to, str(port), payload.hex()]
+        host.run([*argv, *([ext] if ext else [])])
+
+    def send_frame(self, host: Host, frame: bytes) -> None:
+        host.run([sys.executable, self.script("rawsend.py"), host.ifname, frame.hex()])
+
+    def mac(self, host: Host, ifname: str = "eth0") -> bytes:
+        text = host.run(["cat", f"/sys/class/net/{ifname}/address"]).stdout.strip()
+        return bytes.fromhex(text.replace(":", ""))
+
+    def ip(self, host: Host, *args: str) -> None:
+        host.run(["ip", *args])
 
     def connect(self, host: Host, timeout: float, *, v6: bool = False) -> int:
         dst = self.proxy.ip6 if v6 else self.proxy.ip
@@ -657,26 +1075,50 @@ class Rig:
             lambda: (n := self.counter(addr, name)) > above and n,
         )
 
-    def assert_dropped(self, host: Host, payload: bytes, reason: str, *, v6: bool = False) -> None:
+    def assert_dropped(
+        self,
+        host: Host,
+        payload: bytes,
+        reason: str,
+        *,
+        v6: bool = False,
+        ext: str = "",
+        frame: bytes | None = None,
+    ) -> None:
         """`payload` from `host` is dropped by the kernel for `reason` ("untrusted"/"nonsip"),
         counted for its source, and never reaches the listener (checked behind a marker that
-        the trusted client sends afterwards and the listener does get)."""
+        the trusted client sends afterwards and the listener does get). `frame`: send that
+        Ethernet frame (carrying `payload`) instead of a datagram."""
         src = host.ip6 if v6 else host.ip
         assert src is not None
         counter = f"dropped_{reason}_pkts"
         before = self.counter(src, counter)
-        self.send(host, payload, v6=v6)
+        if frame is not None:
+            self.send_frame(host, frame)
+        else:
+            self.send(host, payload, v6=v6, ext=ext)
         self.wait_counter(src, counter, before)
         marker = _sip(b"OPTIONS", "marker")
         self.send(self.client, marker, v6=v6)
         self.wait_received(marker)
         assert not self.got(payload)
 
-    def assert_passes(self, host: Host, payload: bytes, *, v6: bool = False) -> None:
+    def assert_passes(
+        self,
+        host: Host,
+        payload: bytes,
+        *,
+        v6: bool = False,
+        ext: str = "",
+        frame: bytes | None = None,
+    ) -> None:
         src = host.ip6 if v6 else host.ip
         assert src is not None
         before = self.counter(src, "passed_pkts")
-        self.send(host, payload, v6=v6)
+        if frame is not None:
+            self.send_frame(host, frame)
+        else:
+            self.send(host, payload, v6=v6, ext=ext)
         self.wait_received(payload)
         self.wait_counter(src, "passed_pkts", before)
 
@@ -719,6 +1161,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         "listener.py": LISTENER_PY,
         "send.py": SEND_PY,
         "connect.py": CONNECT_PY,
+        "rawsend.py": RAWSEND_PY,
         "flood.py": FLOOD_PY,
         "remove_all.py": REMOVE_ALL_PY,
     }
@@ -801,11 +1244,216 @@ def test_lab_ipv6(rig: Rig) -> None:
     assert sources["fd77::66"]["dropped_untrusted_pkts"] >= 2
 
 
+def _frame4(
+    dst_mac: bytes, src_mac: bytes, src: str, dst: str, payload: bytes, tags: list[tuple[int, int]]
+) -> bytes:
+    """An Ethernet frame with VLAN tags carrying an IPv4 UDP datagram to port 5060 (header
+    checksum computed: the stack checks it; UDP checksum 0: none)."""
+    udp = struct.pack("!HHHH", 40000, 5060, 8 + len(payload), 0) + payload
+    head = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(udp),
+        1,
+        0,
+        64,
+        socket.IPPROTO_UDP,
+        0,
+        ipaddress.IPv4Address(src).packed,
+        ipaddress.IPv4Address(dst).packed,
+    )
+    total = sum(struct.unpack("!10H", head))
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    head = head[:10] + struct.pack("!H", ~total & 0xFFFF) + head[12:]
+    return _vlan(tags, dst_mac + src_mac + struct.pack("!H", ETH_IP) + head + udp)
+
+
+@pytest.mark.root
+def test_lab_ipv6_extension_headers_and_fragments(rig: Rig) -> None:
+    # headers the senders' kernels add themselves (IPV6_DSTOPTS, IPV6_HOPOPTS)
+    rig.assert_dropped(rig.rogue, _sip(b"INVITE", "dstopts"), "untrusted", v6=True, ext="dst")
+    rig.assert_dropped(rig.rogue, _sip(b"INVITE", "hopopts"), "untrusted", v6=True, ext="hop")
+    rig.assert_passes(rig.client, _sip(b"OPTIONS", "dstopts-ok"), v6=True, ext="dst")
+    rig.assert_dropped(rig.client, b"no SIP behind options", "nonsip", v6=True, ext="dst")
+    # larger than the MTU: sent as fragments, the first one judged by its ports
+    rig.assert_dropped(rig.rogue, _sip(b"INVITE", "big") + b"x" * 3000, "untrusted", v6=True)
+    rig.assert_passes(rig.client, _sip(b"OPTIONS", "big-ok") + b"x" * 3000, v6=True)
+
+
+@pytest.mark.root
+def test_lab_traffic_forwarded_to_other_hosts_is_left_alone(rig: Rig) -> None:
+    assert rig.maps is not None
+    # the rogue routes a far network through the proxy: its packets reach the proxy's eth0,
+    # but are not for the proxy (which does not forward them either)
+    rig.rogue.add_route("10.99.0.0/24", via=rig.proxy.ip)
+    rig.maps.set_local_addresses([rig.proxy.ip, rig.proxy.ip6, "10.77.0.255"])
+    try:
+        before = rig.counter(rig.rogue.ip, "dropped_untrusted_pkts")
+        rig.send(rig.rogue, _sip(b"INVITE", "far"), dst="10.99.0.1")
+        # then one to the proxy: once it is counted, the far one went through tc before it
+        rig.assert_dropped(rig.rogue, _sip(b"INVITE", "near"), "untrusted")
+        assert rig.counter(rig.rogue.ip, "dropped_untrusted_pkts") == before + 1
+        # not told its addresses, the fast path judges every destination (fails closed)
+        rig.maps.set_local_addresses([])
+        rig.send(rig.rogue, _sip(b"INVITE", "far-closed"), dst="10.99.0.1")
+        rig.wait_counter(rig.rogue.ip, "dropped_untrusted_pkts", before + 1)
+    finally:
+        rig.maps.set_local_addresses([])
+
+
+@pytest.mark.root
+def test_lab_tagged_frames_are_left_to_their_vlan_or_judged_here(rig: Rig) -> None:
+    """The kernel takes a frame's first tag out (skb->vlan_*) before tc: a VLAN ID there is
+    its VLAN device's to judge; a priority tag (VLAN ID 0) keeps the frame on eth0."""
+    assert rig.maps is not None and rig.rogue.ip and rig.client.ip and rig.proxy.ip
+    proxy_mac = rig.mac(rig.proxy)
+    rogue, client = rig.rogue, rig.client
+
+    def tagged(host: Host, payload: bytes, vid: int) -> bytes:
+        assert host.ip and rig.proxy.ip
+        return _frame4(proxy_mac, rig.mac(host), host.ip, rig.proxy.ip, payload, [(0x8100, vid)])
+
+    bad = _sip(b"INVITE", "priority")
+    rig.assert_dropped(rogue, bad, "untrusted", frame=tagged(rogue, bad, 0))
+    good = _sip(b"OPTIONS", "priority-ok")
+    rig.assert_passes(client, good, frame=tagged(client, good, 0))
+    # VLAN 100, which the proxy has no device for: not ours (uncounted), the stack drops it
+    before = rig.counter(rogue.ip, "dropped_untrusted_pkts")
+    rig.send_frame(rogue, tagged(rogue, _sip(b"INVITE", "vlan-100"), 100))
+    rig.assert_dropped(rogue, _sip(b"INVITE", "untagged"), "untrusted")
+    assert rig.counter(rogue.ip, "dropped_untrusted_pkts") == before + 1
+
+
+@pytest.mark.root
+def test_lab_vlan_device_judges_its_frames_once(rig: Rig) -> None:
+    """With a VLAN device on both sides: eth0 leaves the tagged frame to eth0.100, which
+    judges and counts it, once."""
+    assert rig.maps is not None
+    client = rig.client
+    loader = rig.loaders[0]
+    made: list[Host] = []
+    trusted = rig.maps.trusted()
+    try:
+        for host, addr in ((rig.proxy, "10.77.100.10/24"), (client, "10.77.100.11/24")):
+            try:
+                rig.ip(host, "link", "add", "link", "eth0", "eth0.100", "type", "vlan", "id", "100")
+            except subprocess.CalledProcessError as exc:
+                pytest.skip(f"no VLAN devices here (8021q): {exc.stderr.strip()}")
+            made.append(host)
+            rig.ip(host, "addr", "add", addr, "dev", "eth0.100")
+            rig.ip(host, "link", "set", "eth0.100", "up")
+        rig.maps.set_trusted([*trusted, "10.77.100.11/32"])
+        assert "eth0.100" in loader.command("candidates")["result"]
+        assert loader.reconcile(["eth0", "eth0.100"])[0] == ["eth0.100: attached"]
+        payload = _sip(b"OPTIONS", "vlan")
+        rig.send(client, payload, dst="10.77.100.10")
+        rig.wait_received(payload)  # after both tc hooks ran
+        assert rig.counter("10.77.100.11", "passed_pkts") == 1
+    finally:
+        rig.maps.set_trusted(trusted)
+        loader.reconcile(["eth0"])
+        for host in made:
+            rig.ip(host, "link", "del", "eth0.100")
+
+
+@pytest.mark.root
+def test_lab_reconcile_follows_interfaces_and_puts_filters_back(rig: Rig) -> None:
+    loader, proxy = rig.loaders[0], rig.proxy
+    made: list[str] = []
+
+    def veth(name: str, *settings: str) -> None:
+        """A veth pair in the proxy: `name` (with `settings`), its peer `name`p left down."""
+        rig.ip(proxy, "link", "add", name, "type", "veth", "peer", "name", f"{name}p")
+        made.append(name)
+        if settings:
+            rig.ip(proxy, "link", "set", name, *settings)
+
+    def ours(ifname: str) -> list[str]:
+        res = proxy.run(["tc", "filter", "show", "dev", ifname, "ingress"], check=False)
+        return [ln for ln in res.stdout.splitlines() if f"clearip:{rig.name}:" in ln]
+
+    try:
+        veth("vx0", "up")
+        rig.ip(proxy, "link", "add", "br9", "type", "bridge")
+        made.append("br9")
+        rig.ip(proxy, "link", "set", "br9", "up")
+        veth("vb0", "master", "br9", "up")  # a bridge port: the bridge judges its frames
+        veth("vd0")  # down
+        cands = loader.command("candidates")["result"]
+        assert sorted(cands) == ["br9", "eth0", "vx0"]
+        lines, sessions = loader.reconcile(cands)
+        assert (sorted(lines), sessions) == (["br9: attached", "vx0: attached"], 1)
+        assert loader.reconcile(cands)[0] == []  # our own changes' notifications: looked
+        assert loader.reconcile(cands) == ([], 0)  # nothing changed: no netlink request
+
+        # someone deletes our filter, or the whole clsact qdisc: put back at the next call
+        proxy.run(["tc", "filter", "del", "dev", "eth0", "ingress"])
+        assert not rig.tc_filters()
+        lines, _ = loader.reconcile(cands)
+        assert lines == ["eth0: our tc filter had been removed, put back"]
+        assert len(rig.tc_filters()) == 1
+        rig.assert_dropped(rig.rogue, _sip(b"INVITE", "put-back"), "untrusted")
+        proxy.run(["tc", "qdisc", "del", "dev", "vx0", "clsact"])
+        lines, _ = loader.reconcile(cands)
+        assert lines == ["vx0: our tc filter and the clsact qdisc had been removed, put back"]
+        assert ours("vx0")
+
+        # interfaces come and go
+        rig.ip(proxy, "link", "del", "vx0")
+        made.remove("vx0")
+        cands = loader.command("candidates")["result"]
+        assert loader.reconcile(cands)[0] == ["vx0: gone, forgotten"]
+        assert loader.reconcile(["eth0"])[0] == ["br9: no longer to be filtered, detached"]
+        assert not ours("br9")
+        # a problem is told once, not at every call
+        lines, _ = loader.reconcile(["eth0", "nosuch0"])
+        assert lines == ["nosuch0: no such interface, not filtered"]
+        assert loader.reconcile(["eth0", "nosuch0"]) == ([], 0)
+        assert loader.reconcile(["eth0"])[0] == []  # a new list: looked, nothing to say
+        assert len(rig.tc_filters()) == 1
+    finally:
+        for name in reversed(made):
+            with contextlib.suppress(subprocess.CalledProcessError):
+                rig.ip(proxy, "link", "del", name)
+        loader.reconcile(["eth0"])
+
+
+@pytest.mark.root
+def test_lab_worker_opens_a_pinhole_through_its_own_two_maps(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert rig.rogue.ip6 is not None
+    with open_pinned(rig.name, only=bpf.PINHOLE_MAPS) as holes:
+        assert sorted(holes.map_ids()) == ["pinholes_v4", "pinholes_v6"]
+        calls: list[int] = []
+        syscall = bpf.bpf_syscall
+
+        def counted(cmd: int, attr: ctypes.Structure) -> int:
+            calls.append(cmd)
+            return syscall(cmd, attr)
+
+        monkeypatch.setattr(bpf, "bpf_syscall", counted)
+        holes.add_pinhole(rig.rogue.ip6, 30)
+        assert len(calls) == 1  # a new pinhole: one atomic create
+        holes.add_pinhole(rig.rogue.ip6, 10)
+        assert len(calls) == 3  # open long enough already: the create fails, one lookup
+        monkeypatch.undo()
+        rig.assert_passes(rig.rogue, _sip(b"SIP/2.0 200 OK\r\nX:", "worker-hole"), v6=True)
+        with pytest.raises(bpf.FastPathError, match="not opened"):
+            holes.read_sources()
+        assert holes.remove_pinhole(rig.rogue.ip6)
+    rig.assert_dropped(rig.rogue, _sip(b"BYE", "worker-closed"), "untrusted", v6=True)
+
+
 @pytest.mark.root
 def test_lab_spoofed_flood_only_evicts(rig: Rig) -> None:
     assert rig.maps is not None
     assert rig.maps.max_sources == MAX_SOURCES
     count = 20000
+    rig.assert_passes(rig.client, _sip(b"OPTIONS", "before-flood"))
+    client_row = rig.maps.read_sources()[rig.client.ip]
     before = rig.maps.read_totals()["dropped_untrusted"]["pkts"]
     assert rig.rogue.ping(rig.proxy.ip)  # ARP resolved first, so no packet waits for it
     argv = [sys.executable, rig.script("flood.py"), rig.proxy.ip, "5060", str(count), "10.78.0.1"]
@@ -819,12 +1467,14 @@ def test_lab_spoofed_flood_only_evicts(rig: Rig) -> None:
     )
     sources = rig.maps.read_sources()
     flooders = [a for a in sources if a.startswith("10.78.")]
-    assert len(sources) <= MAX_SOURCES < dropped  # more sources than slots, map still bounded
+    assert len(flooders) <= MAX_SOURCES < dropped  # more sources than slots, map still bounded
     assert flooders  # recent flood sources are there: the LRU evicted, it did not refuse
-    # the trusted client is untouched by the flood: passes, and is counted again
+    # the trusted client is untouched by the flood: its counters were not evicted (nor reset
+    # for Prometheus), and it passes and is counted on
+    assert sources[rig.client.ip] == client_row
     rig.assert_passes(rig.client, _sip(b"OPTIONS", "after-flood"))
-    assert rig.counter(rig.client.ip, "passed_pkts") >= 1
-    assert len(rig.maps.read_sources()) <= MAX_SOURCES
+    assert rig.counter(rig.client.ip, "passed_pkts") == client_row["passed_pkts"] + 1
+    assert sum(a.startswith("10.78.") for a in rig.maps.read_sources()) <= MAX_SOURCES
 
 
 @pytest.mark.root
@@ -856,19 +1506,27 @@ def test_lab_replace_detach_crash_and_cleanup(rig: Rig) -> None:
     rig.send(rig.rogue, open_payload)
     rig.wait_received(open_payload)
 
-    # a crash (SIGKILL) leaves filter and pins, still enforcing; remove_all() cleans them
+    # a crash (SIGKILL) leaves filters and pins, still enforcing, also on an interface that
+    # is down by the next start; remove_all() without a list cleans every interface
     third = rig.start_loader()
-    third.stop(signal.SIGKILL)
-    assert len(rig.tc_filters()) == 1 and rig.pins() == sorted(bpf.MAP_NAMES)
-    rig.reopen_maps()
-    rig.assert_dropped(rig.rogue, _sip(b"INVITE", "after-crash"), "untrusted")
-    rig.maps.close()
-    rig.maps = None
-    argv = [sys.executable, rig.script("remove_all.py"), rig.name, "eth0"]
-    out = subprocess.run(
-        rig.in_proxy_ns(argv), capture_output=True, text=True, timeout=30, check=True
-    )
-    removed = json.loads(out.stdout)
-    assert sum("tc filter" in r for r in removed) == 1
-    assert sum(r.startswith("pin ") for r in removed) == len(bpf.MAP_NAMES)
-    assert rig.tc_filters() == [] and rig.pins() == []
+    rig.ip(rig.proxy, "link", "add", "vd7", "type", "veth", "peer", "name", "vd7p")
+    try:
+        rig.ip(rig.proxy, "link", "set", "vd7", "up")
+        assert third.reconcile(["eth0", "vd7"])[0] == ["vd7: attached"]
+        rig.ip(rig.proxy, "link", "set", "vd7", "down")
+        third.stop(signal.SIGKILL)
+        assert len(rig.tc_filters()) == 1 and rig.pins() == sorted(bpf.MAP_NAMES)
+        rig.reopen_maps()
+        rig.assert_dropped(rig.rogue, _sip(b"INVITE", "after-crash"), "untrusted")
+        rig.maps.close()
+        rig.maps = None
+        argv = [sys.executable, rig.script("remove_all.py"), rig.name]
+        out = subprocess.run(
+            rig.in_proxy_ns(argv), capture_output=True, text=True, timeout=30, check=True
+        )
+        removed = json.loads(out.stdout)
+        assert sorted(r.split(":")[0] for r in removed if "tc filter" in r) == ["eth0", "vd7"]
+        assert sum(r.startswith("pin ") for r in removed) == len(bpf.MAP_NAMES)
+        assert rig.tc_filters() == [] and rig.pins() == []
+    finally:
+        rig.ip(rig.proxy, "link", "del", "vd7")

@@ -7,6 +7,8 @@ Two ways in:
   ``/sys/fs/bpf/<name>/`` and keeps them filled (SIP ports, trusted prefixes, pinholes).
 - ``open_pinned(name)`` (clearipctl, tests): opens those pins by path with bpf(2): no bcc, no
   compiler, no kernel headers. It reads the counters and changes the trusted list live.
+  ``open_pinned(name, only=PINHOLE_MAPS)`` opens just the pinhole maps: what a relay worker
+  needs to open a pinhole itself before it first sends to a new next hop.
 
 Both go through ``PinnedMaps``, a thin layer over plain bpf(2) calls (ctypes), so the supervisor
 and clearipctl read and write the maps with the same code; bcc is only the compiler and loader.
@@ -30,6 +32,7 @@ import errno
 import ipaddress
 import logging
 import math
+import operator
 import os
 import platform
 import re
@@ -47,6 +50,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from clearip.trust import TrustError, normal_address, normal_network
+
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
@@ -54,6 +59,7 @@ __all__ = [
     "BPF_DIR",
     "DEFAULT_PIN_ROOT",
     "MAP_NAMES",
+    "PINHOLE_MAPS",
     "SRC_STATS_FIELDS",
     "TC_PRIO",
     "TOTALS_NAMES",
@@ -61,6 +67,7 @@ __all__ = [
     "FastPathError",
     "FastPathUnavailable",
     "PinnedMaps",
+    "attach_candidates",
     "bpf_syscall",
     "ensure_bpffs",
     "header_constants",
@@ -107,9 +114,16 @@ PROTO_UDP = 17
 MAX_SIP_PORTS = 64
 MAX_TRUSTED = 16384
 MAX_PINHOLES = 16384
+MAX_LOCAL_ADDRS = 1024
+MAX_ADMITTED = 32768
+MAX_EXT_HDRS = 8
+MAX_VLAN_TAGS = 4
 METHOD_MIN = 3
 METHOD_MAX = 16
 PROBE_LEN = 17
+STUN_HEADER_LEN = 20
+STUN_BINDING_REQUEST = 0x0001
+STUN_MAGIC_COOKIE = 0x2112A442
 
 # Map keys and values, field for field as the structs of clearip.h (native byte order, as the
 # kernel stores them; addresses stay in network order, as raw bytes).
@@ -121,7 +135,8 @@ _SRC_STATS = struct.Struct("=6Q")  # struct clearip_src_stats
 _VERDICT_STATS = struct.Struct("=2Q")  # struct clearip_verdict_stats {pkts, bytes}
 _U64 = struct.Struct("=Q")
 _U32 = struct.Struct("=I")
-_ONE = b"\x01"  # the __u8 value of sip_ports and trusted_v4/v6 entries
+_ONE = b"\x01"  # the __u8 value of sip_ports, local_addrs and trusted_v4/v6 entries
+_LOCAL_MARKER = bytes(16)  # `::` in local_addrs: "the list is in force" (clearip.h)
 
 SRC_STATS_FIELDS = (  # struct clearip_src_stats, in order
     "passed_pkts",
@@ -143,9 +158,16 @@ _MIRRORED = {
     "CLEARIP_MAX_SIP_PORTS": MAX_SIP_PORTS,
     "CLEARIP_MAX_TRUSTED": MAX_TRUSTED,
     "CLEARIP_MAX_PINHOLES": MAX_PINHOLES,
+    "CLEARIP_MAX_LOCAL_ADDRS": MAX_LOCAL_ADDRS,
+    "CLEARIP_MAX_ADMITTED": MAX_ADMITTED,
+    "CLEARIP_MAX_EXT_HDRS": MAX_EXT_HDRS,
+    "CLEARIP_MAX_VLAN_TAGS": MAX_VLAN_TAGS,
     "CLEARIP_METHOD_MIN": METHOD_MIN,
     "CLEARIP_METHOD_MAX": METHOD_MAX,
     "CLEARIP_PROBE_LEN": PROBE_LEN,
+    "CLEARIP_STUN_HEADER_LEN": STUN_HEADER_LEN,
+    "CLEARIP_STUN_BINDING_REQUEST": STUN_BINDING_REQUEST,
+    "CLEARIP_STUN_MAGIC_COOKIE": STUN_MAGIC_COOKIE,
     "CLEARIP_PORT_KEY_SIZE": _PORT_KEY.size,
     "CLEARIP_LPM_V4_SIZE": _LPM_V4.size,
     "CLEARIP_LPM_V6_SIZE": _LPM_V6.size,
@@ -156,23 +178,28 @@ _MIRRORED = {
 
 # bpf(2) map types (include/uapi/linux/bpf.h, enum bpf_map_type).
 BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LRU_HASH = 9
 BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
 BPF_MAP_TYPE_LPM_TRIE = 11
-_PERCPU_TYPES = {5, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH}  # 5: PERCPU_HASH
+_PERCPU_TYPES = {BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH}
 
 # Every map the program has: (type, key size, value size). Checked whenever a map is opened,
 # so a pin left by another version is refused with a reason instead of being misread.
 _LAYOUT: dict[str, tuple[int, int, int]] = {
     "sip_ports": (BPF_MAP_TYPE_HASH, _PORT_KEY.size, 1),
+    "local_addrs": (BPF_MAP_TYPE_HASH, _ADDR6.size, 1),
     "trusted_v4": (BPF_MAP_TYPE_LPM_TRIE, _LPM_V4.size, 1),
     "trusted_v6": (BPF_MAP_TYPE_LPM_TRIE, _LPM_V6.size, 1),
     "pinholes_v4": (BPF_MAP_TYPE_HASH, 4, _U64.size),
     "pinholes_v6": (BPF_MAP_TYPE_HASH, _ADDR6.size, _U64.size),
-    "src_stats": (BPF_MAP_TYPE_LRU_PERCPU_HASH, _ADDR6.size, _SRC_STATS.size),
+    "src_stats": (BPF_MAP_TYPE_LRU_HASH, _ADDR6.size, _SRC_STATS.size),
+    "admitted_stats": (BPF_MAP_TYPE_PERCPU_HASH, _ADDR6.size, _SRC_STATS.size),
     "verdicts": (BPF_MAP_TYPE_PERCPU_ARRAY, 4, _VERDICT_STATS.size),
 }
 MAP_NAMES = tuple(_LAYOUT)
+PINHOLE_MAPS = ("pinholes_v4", "pinholes_v6")  # open_pinned(name, only=PINHOLE_MAPS)
 
 _DEFINE_RE = re.compile(r"^#define\s+(CLEARIP_[A-Z0-9_]+)\s+(0[xX][0-9a-fA-F]+|\d+)\b", re.M)
 
@@ -222,6 +249,7 @@ _BPF_OBJ_GET = 7
 _BPF_OBJ_GET_INFO_BY_FD = 15
 _BPF_MAP_LOOKUP_BATCH = 24
 _BPF_ANY = 0
+_BPF_NOEXIST = 1
 _ENOTSUPP = 524  # the kernel-internal "not supported" some map types return
 
 # __NR_bpf per architecture (the generic table's 280 for the newer ones).
@@ -442,30 +470,43 @@ class _Map:
         return list(seen)
 
     def items(self) -> list[tuple[bytes, bytes]]:
-        """Every (key, value): BPF_MAP_LOOKUP_BATCH (one call per 4096 entries) where the
-        kernel has it for this map type, else a key walk and a lookup per key."""
+        """Every (key, value), values as the kernel copies them (per-CPU maps: every slot)."""
+        n, keys, values = self.dump()
+        ks, vs = self.key_size, self.buf_size
+        return [(keys[i * ks : (i + 1) * ks], values[i * vs : (i + 1) * vs]) for i in range(n)]
+
+    def dump(self) -> tuple[int, bytes, bytes]:
+        """Every entry at once: (n, the n keys end to end, the n values end to end, each
+        buf_size bytes). BPF_MAP_LOOKUP_BATCH (one call for the whole map, or a few on a large
+        per-CPU one) where the kernel has it for this map type, else a key walk and a lookup
+        per key."""
         if self._batch_ok:
             try:
-                return self._items_batch()
+                return self._dump_batch()
             except OSError as exc:
                 if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, _ENOTSUPP, errno.ENOSYS):
                     raise
                 self._batch_ok = False
-        out = []
+        keys, values = [], []
         for key in self.all_keys():
             value = self.lookup(key)
             if value is not None:
-                out.append((key, value))
-        return out
+                keys.append(key)
+                values.append(value)
+        return len(keys), b"".join(keys), b"".join(values)
 
-    def _items_batch(self) -> list[tuple[bytes, bytes]]:
-        chunk = max(1, min(self.max_entries, 4096))
-        keys = _buf(chunk * self.key_size)
-        values = _buf(chunk * self.buf_size)
+    def _dump_batch(self) -> tuple[int, bytes, bytes]:
+        # As many entries per call as fit in _BATCH_BYTES of values: the whole map in one call
+        # unless it is per-CPU on many CPUs (64K sources x 16 CPUs x 48 B would be 50 MB).
+        chunk = max(1, min(self.max_entries, max(256, _BATCH_BYTES // self.buf_size)))
         token_in, token_out = _buf(max(self.key_size, 8)), _buf(max(self.key_size, 8))
-        out: list[tuple[bytes, bytes]] = []
+        key_parts: list[bytes] = []
+        value_parts: list[bytes] = []
+        total = 0
         first = True
         while True:
+            keys = _buf(chunk * self.key_size)
+            values = _buf(chunk * self.buf_size)
             attr = _BatchAttr(
                 in_batch=0 if first else ctypes.addressof(token_in),
                 out_batch=ctypes.addressof(token_out),
@@ -478,19 +519,20 @@ class _Map:
             try:
                 bpf_syscall(_BPF_MAP_LOOKUP_BATCH, attr)
             except OSError as exc:
+                if exc.errno == errno.ENOSPC and attr.count == 0 and chunk < self.max_entries:
+                    chunk = min(self.max_entries, chunk * 2)  # one hash bucket holds more
+                    continue
                 if exc.errno != errno.ENOENT:  # ENOENT: the end (attr.count may be > 0)
                     raise
                 done = True
-            kraw, vraw = keys.raw, values.raw
-            for i in range(attr.count):
-                out.append(
-                    (
-                        kraw[i * self.key_size : (i + 1) * self.key_size],
-                        vraw[i * self.buf_size : (i + 1) * self.buf_size],
-                    )
-                )
+            n = attr.count
+            key_parts.append(ctypes.string_at(keys, n * self.key_size))
+            value_parts.append(ctypes.string_at(values, n * self.buf_size))
+            total += n
             if done:
-                return out
+                if len(key_parts) == 1:
+                    return total, key_parts[0], value_parts[0]
+                return total, b"".join(key_parts), b"".join(value_parts)
             ctypes.memmove(token_in, token_out, ctypes.sizeof(token_out))
             first = False
 
@@ -498,6 +540,54 @@ class _Map:
         """The per-CPU slots of `value` added up field by field."""
         rows = [layout.unpack_from(value, cpu * self.stride) for cpu in range(self.ncpus)]
         return [sum(col) for col in zip(*rows, strict=True)]
+
+    def rows_u64(self, values: bytes, n: int) -> Iterable[tuple[int, ...]]:
+        """The n values of a dump() whose value is all u64 fields, as tuples of ints; per-CPU
+        ones summed over the CPUs."""
+        words = self.value_size // 8
+        if self.type not in _PERCPU_TYPES:
+            return struct.iter_unpack(f"={words}Q", values)
+        return _sum_percpu(values, n, self.ncpus, self.stride // 8, words)
+
+
+_BATCH_BYTES = 8 << 20  # values copied out per BPF_MAP_LOOKUP_BATCH call, at most
+
+
+def _sum_percpu(
+    values: bytes, n: int, ncpus: int, slot_words: int, words: int
+) -> Iterable[tuple[int, ...]]:
+    """n per-CPU values (ncpus slots of slot_words u64 each, the first `words` used) summed
+    over the CPUs: one tuple of `words` ints per entry.
+
+    Adding 64K x 16 CPUs x 6 counters one by one is 6M Python operations (~0.3 s). Instead
+    each CPU's slots are gathered into one buffer (strided memoryview copies) and the buffers
+    added as big integers, whose 64-bit lanes are the counters: C loops only. Exact as long as
+    no lane carries into the next, which holds when every counter is below 2**(64 - log2
+    ncpus): checked on the top byte of every word first, else summed one by one.
+    """
+    if n == 0:
+        return iter(())
+    flat = memoryview(values).cast("Q")
+    step = ncpus * slot_words
+    bits = max(1, (ncpus - 1).bit_length())
+    top = values[7::8] if sys.byteorder == "little" else values[0::8]  # each word's top byte
+    safe = bits <= 8 and not top.translate(None, bytes(range(1 << (8 - bits))))
+    if not safe:  # a counter near 2**64 (never seen in practice): exact, slowly
+        cols = []
+        for f in range(words):
+            acc = flat[f::step].tolist()
+            for cpu in range(1, ncpus):
+                acc = list(map(operator.add, acc, flat[cpu * slot_words + f :: step].tolist()))
+            cols.append(acc)
+        return zip(*cols, strict=True)
+    lanes = bytearray(n * words * 8)
+    lane_words = memoryview(lanes).cast("Q")
+    total = 0
+    for cpu in range(ncpus):
+        for f in range(words):
+            lane_words[f::words] = flat[cpu * slot_words + f :: step]
+        total += int.from_bytes(lanes, sys.byteorder)
+    return struct.iter_unpack(f"={words}Q", total.to_bytes(len(lanes), sys.byteorder))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,35 +599,45 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _parse_ip(text: str | IPAddress) -> IPAddress:
-    """An address; ::ffff:a.b.c.d becomes a.b.c.d (what the kernel sees on the wire)."""
-    addr = ipaddress.ip_address(text) if isinstance(text, str) else text
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
+    """An address in the normal form every enforcer uses (clearip.trust.normal_address):
+    ::ffff:a.b.c.d becomes a.b.c.d, which is what the kernel sees on the wire."""
+    addr = normal_address(str(text))
+    if addr is None:
+        raise ValueError(f"{text!r} is not an IP address (without a %zone)")
     return addr
 
 
 def _parse_cidr(text: str | IPNetwork) -> IPNetwork:
-    """A CIDR or a bare address (/32, /128); host bits set are refused, as `clearipctl allow`
-    refuses them. ::ffff:a.b.c.d/96+n becomes a.b.c.d/n: IPv4 packets are matched as IPv4."""
+    """A CIDR or a bare address (/32, /128) in the normal form shared with nftables and the
+    relay (clearip.trust.normal_network): ::ffff:a.b.c.d/96+n becomes a.b.c.d/n, host bits
+    set are refused (as `clearipctl allow` refuses them), and so is what cannot be matched
+    alike by all three: /0, ::ffff:0:0/96 (every IPv4 address), a network holding the mapped
+    range and IPv6 ones."""
     try:
-        net = ipaddress.ip_network(text, strict=True) if isinstance(text, str) else text
-    except ValueError as exc:
+        return normal_network(text)
+    except (TrustError, ValueError) as exc:
         raise ValueError(f"trusted source {text!r}: {exc}") from None
-    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96:
-        mapped = net.network_address.ipv4_mapped
-        if mapped is not None:
-            return ipaddress.IPv4Network(f"{mapped}/{net.prefixlen - 96}")
-    return net
 
 
 _V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
+_V4_COMPAT_PREFIX = bytes(12)
+
+
+def _addr_key(addr: IPAddress) -> bytes:
+    """The 16-byte map key of an address: IPv4 as ::ffff:a.b.c.d (struct clearip_addr6)."""
+    if isinstance(addr, ipaddress.IPv4Address):
+        return _V4_MAPPED_PREFIX + addr.packed
+    return addr.packed
 
 
 def _addr_text(key16: bytes) -> str:
-    """A src_stats key as the plain address text status shows (IPv4 without ::ffff:)."""
-    if key16[:12] == _V4_MAPPED_PREFIX:
+    """A map key as the plain address text status shows (IPv4 without ::ffff:)."""
+    head = key16[:12]
+    if head == _V4_MAPPED_PREFIX:
         return socket.inet_ntop(socket.AF_INET, key16[12:])  # fast path: most keys are IPv4
-    return str(ipaddress.IPv6Address(key16))
+    if head == _V4_COMPAT_PREFIX:  # glibc writes ::a.b.c.d where ipaddress writes ::102:304
+        return str(ipaddress.IPv6Address(key16))
+    return socket.inet_ntop(socket.AF_INET6, key16)  # RFC 5952, as ipaddress
 
 
 def _normalize_ports(ports: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -570,13 +670,22 @@ class PinnedMaps:
 
     Made by ``open_pinned()`` (from the pins, in any process) or by ``BpfFastPath.load()``
     (from the program bcc just loaded). Owns its fds: ``close()`` or use as a context manager.
+    `only` (map names) opens a subset, e.g. PINHOLE_MAPS in a relay worker; a method needing
+    a map left out raises FastPathError.
     """
 
-    def __init__(self, maps: Mapping[str, _Map], where: str) -> None:
+    def __init__(
+        self, maps: Mapping[str, _Map], where: str, only: Iterable[str] | None = None
+    ) -> None:
         self.where = where  # the pin directory, or "<loaded>"
         self._maps = dict(maps)
+        wanted = MAP_NAMES if only is None else tuple(only)
         problems = []
-        for name, (mtype, ksize, vsize) in _LAYOUT.items():
+        for name in wanted:
+            if name not in _LAYOUT:
+                problems.append(f"{name}: not a map of the fast path")
+                continue
+            mtype, ksize, vsize = _LAYOUT[name]
             m = self._maps.get(name)
             if m is None:
                 problems.append(f"{name}: missing")
@@ -602,17 +711,23 @@ class PinnedMaps:
         for m in self._maps.values():
             m.close()
 
+    def _map(self, name: str) -> _Map:
+        m = self._maps.get(name)
+        if m is None:
+            raise FastPathError(f"map {name} was not opened (open_pinned(..., only=...))")
+        return m
+
     def map_ids(self) -> dict[str, int]:
         """Kernel id of each map (what `bpftool map show` lists)."""
         return {name: m.id for name, m in self._maps.items()}
 
     def fd(self, name: str) -> int:
-        return self._maps[name].fd
+        return self._map(name).fd
 
     @property
     def max_sources(self) -> int:
         """Size of src_stats (fastpath.max_sources when it was built)."""
-        return self._maps["src_stats"].max_entries
+        return self._map("src_stats").max_entries
 
     # ---------------------------------------------------------------- SIP ports
     def set_sip_ports(self, ports: Iterable[tuple[str, int]]) -> None:
@@ -621,14 +736,57 @@ class PinnedMaps:
             _PORT_KEY.pack(PROTO_UDP if p == "udp" else PROTO_TCP, 0, port)
             for p, port in _normalize_ports(ports)
         }
-        self._replace_set(self._maps["sip_ports"], want)
+        self._replace_set(self._map("sip_ports"), want)
 
     def sip_ports(self) -> list[tuple[str, int]]:
         out = []
-        for key in self._maps["sip_ports"].all_keys():
+        for key in self._map("sip_ports").all_keys():
             proto, _pad, port = _PORT_KEY.unpack(key)
             out.append(("udp" if proto == PROTO_UDP else "tcp", port))
         return sorted(out)
+
+    # ---------------------------------------------------------------- local addresses
+    def set_local_addresses(self, addrs: Iterable[str | IPAddress]) -> None:
+        """Makes local_addrs hold exactly `addrs`: the proxy's own addresses, the only
+        destinations judged (SPEC §5: traffic the host forwards or bridges is left alone).
+
+        Give every address of the proxy's network namespace, and each interface's IPv4
+        broadcast address (a datagram to 10.0.0.255 reaches a socket bound to 0.0.0.0);
+        multicast and limited broadcast are always judged. An empty list means nothing is
+        known to be local: every destination is judged (fail closed), as before the first
+        call. New addresses go in before old ones come out, so an address local before and
+        after is judged throughout; the `::` marker (clearip.h) is set once addresses are in,
+        and cleared before the last ones go.
+        """
+        want: set[bytes] = set()
+        for text in addrs:
+            addr = _parse_ip(text)
+            if addr.is_unspecified:
+                raise ValueError(f"local address {text!r}: the unspecified address is no one's")
+            want.add(_addr_key(addr))
+        m = self._map("local_addrs")
+        cap = m.max_entries - 1  # one slot is the marker's
+        if len(want) > cap:
+            raise ValueError(f"{len(want)} local addresses: the map holds {cap}")
+        have = set(m.all_keys())
+        had_marker = _LOCAL_MARKER in have
+        have.discard(_LOCAL_MARKER)
+        if want:
+            for key in want - have:
+                m.update(key, _ONE)
+            if not had_marker:
+                m.update(_LOCAL_MARKER, _ONE)
+        elif had_marker:
+            m.delete(_LOCAL_MARKER)
+        for key in have - want:
+            m.delete(key)
+
+    def local_addresses(self) -> list[str]:
+        """The proxy's own addresses the classifier knows, as text (IPv4 first); empty when
+        it judges every destination."""
+        keys = [k for k in self._map("local_addrs").all_keys() if k != _LOCAL_MARKER]
+        addrs = [_parse_ip(_addr_text(k)) for k in keys]
+        return [str(a) for a in sorted(addrs, key=lambda a: (a.version, a))]
 
     # ---------------------------------------------------------------- trusted prefixes
     def set_trusted(self, cidrs: Iterable[str | IPNetwork]) -> None:
@@ -647,28 +805,30 @@ class PinnedMaps:
                 want4.add(_LPM_V4.pack(net.prefixlen, net.network_address.packed))
             else:
                 want6.add(_LPM_V6.pack(net.prefixlen, net.network_address.packed))
-        for family, want, name in ((4, want4, "trusted_v4"), (6, want6, "trusted_v6")):
-            cap = self._maps[name].max_entries
-            if len(want) > cap:
-                raise ValueError(f"{len(want)} IPv{family} trusted prefixes: the map holds {cap}")
-        before4 = set(self._maps["trusted_v4"].all_keys())
-        before6 = set(self._maps["trusted_v6"].all_keys())
+        v4, v6 = self._map("trusted_v4"), self._map("trusted_v6")
+        for family, want, m in ((4, want4, v4), (6, want6, v6)):
+            if len(want) > m.max_entries:
+                raise ValueError(
+                    f"{len(want)} IPv{family} trusted prefixes: the map holds {m.max_entries}"
+                )
+        before4 = set(v4.all_keys())
+        before6 = set(v6.all_keys())
         try:
-            self._replace_set(self._maps["trusted_v4"], want4, before4)
-            self._replace_set(self._maps["trusted_v6"], want6, before6)
+            self._replace_set(v4, want4, before4)
+            self._replace_set(v6, want6, before6)
         except OSError:
-            for name, before in (("trusted_v4", before4), ("trusted_v6", before6)):
+            for m, before in ((v4, before4), (v6, before6)):
                 with contextlib.suppress(OSError):
-                    self._replace_set(self._maps[name], before)
+                    self._replace_set(m, before)
             raise
 
     def trusted(self) -> list[str]:
         """The trusted prefixes in the kernel, as CIDR text (IPv4 first)."""
         nets: list[IPNetwork] = []
-        for key in self._maps["trusted_v4"].all_keys():
+        for key in self._map("trusted_v4").all_keys():
             plen, addr = _LPM_V4.unpack(key)
             nets.append(ipaddress.IPv4Network((addr, plen)))
-        for key in self._maps["trusted_v6"].all_keys():
+        for key in self._map("trusted_v6").all_keys():
             plen, addr = _LPM_V6.unpack(key)
             nets.append(ipaddress.IPv6Network((addr, plen)))
         return [str(n) for n in sorted(nets, key=lambda n: (n.version, n))]
@@ -685,37 +845,47 @@ class PinnedMaps:
     def _pinhole_slot(self, ip: str | IPAddress) -> tuple[_Map, bytes, IPAddress]:
         addr = _parse_ip(ip)
         if isinstance(addr, ipaddress.IPv4Address):
-            return self._maps["pinholes_v4"], addr.packed, addr
-        return self._maps["pinholes_v6"], addr.packed, addr
+            return self._map("pinholes_v4"), addr.packed, addr
+        return self._map("pinholes_v6"), addr.packed, addr
 
     def add_pinhole(self, ip: str | IPAddress, ttl_s: float) -> None:
         """Admits `ip` to the SIP ports for `ttl_s` seconds from now.
 
         An open pinhole is only ever extended, never shortened: two transactions towards the
         same next hop each keep it open as long as they need (the relay counts references and
-        calls remove_pinhole() after the last). When the map is full, expired entries are swept
-        and the update tried once more.
+        calls remove_pinhole() after the last). One syscall for a new pinhole (an atomic
+        create, so a relay worker opening it cannot undo the supervisor's longer one), two
+        when it is open long enough already, three to extend it. Two writers extending the
+        same pinhole in the same microseconds may leave the shorter extension (there is no
+        compare-and-swap on map values) until the next re-arm. When the map is full, expired
+        entries are swept and the update tried once more.
         """
         if not (isinstance(ttl_s, int | float) and math.isfinite(ttl_s) and ttl_s > 0):
             raise ValueError(f"pinhole ttl must be a positive number of seconds, got {ttl_s!r}")
         m, key, addr = self._pinhole_slot(ip)
         expiry = _now_ns() + int(ttl_s * 1e9)
-        old = m.lookup(key)
-        if old is not None:
-            expiry = max(expiry, _U64.unpack(old)[0])
-        try:
-            m.update(key, _U64.pack(expiry))
-        except OSError as exc:
-            if exc.errno != errno.E2BIG:
-                raise
-            self.sweep_pinholes()
+        for attempt in range(2):
             try:
+                try:
+                    m.update(key, _U64.pack(expiry), _BPF_NOEXIST)
+                    return
+                except OSError as exc:
+                    if exc.errno != errno.EEXIST:
+                        raise
+                old = m.lookup(key)
+                if old is not None and _U64.unpack(old)[0] >= expiry:
+                    return
                 m.update(key, _U64.pack(expiry))
-            except OSError as exc2:
-                raise OSError(
-                    exc2.errno,
-                    f"pinhole for {addr}: {m.max_entries} pinholes open already (map full)",
-                ) from None
+                return
+            except OSError as exc:
+                if exc.errno != errno.E2BIG:
+                    raise
+                if attempt:
+                    raise OSError(
+                        exc.errno,
+                        f"pinhole for {addr}: {m.max_entries} pinholes open already (map full)",
+                    ) from None
+                self.sweep_pinholes()
 
     def remove_pinhole(self, ip: str | IPAddress) -> bool:
         """Closes the pinhole of `ip`; False when there was none."""
@@ -727,7 +897,7 @@ class PinnedMaps:
         now = _now_ns()
         out: dict[str, float] = {}
         for name, size in (("pinholes_v4", 4), ("pinholes_v6", 16)):
-            for key, value in self._maps[name].items():
+            for key, value in self._map(name).items():
                 left = _U64.unpack(value)[0] - now
                 if left > 0:
                     addr = ipaddress.IPv4Address(key) if size == 4 else ipaddress.IPv6Address(key)
@@ -738,8 +908,8 @@ class PinnedMaps:
         """Deletes expired pinholes (the program only compares, never deletes); how many."""
         now = _now_ns()
         removed = 0
-        for name in ("pinholes_v4", "pinholes_v6"):
-            m = self._maps[name]
+        for name in PINHOLE_MAPS:
+            m = self._map(name)
             for key, value in m.items():
                 if _U64.unpack(value)[0] <= now and m.delete(key):
                     removed += 1
@@ -747,21 +917,53 @@ class PinnedMaps:
 
     # ---------------------------------------------------------------- counters
     def read_sources(self) -> dict[str, dict[str, int]]:
-        """Per-source counters summed over CPUs: address -> {SRC_STATS_FIELDS: n}.
+        """Per-source counters: address -> {SRC_STATS_FIELDS: n}, admitted sources'
+        (admitted_stats, summed over CPUs) and others' (src_stats) together, added up for an
+        address in both (a stranger pinholed later, a source denied since).
 
-        Holds at most max_sources addresses: the least recently seen were evicted.
+        Holds at most max_sources addresses that are not admitted: the least recently seen
+        were evicted. One batch lookup per map, unpacked a buffer at a time (~0.1 s for 64K
+        sources).
         """
-        m = self._maps["src_stats"]
-        out = {}
-        for key, value in m.items():
-            sums = m.percpu_sum(value, _SRC_STATS)
-            out[_addr_text(key)] = dict(zip(SRC_STATS_FIELDS, sums, strict=True))
+        out = self._read_stats("src_stats")
+        for addr, row in self._read_stats("admitted_stats").items():
+            have = out.get(addr)
+            if have is None:
+                out[addr] = row
+            else:
+                for field, n in row.items():
+                    have[field] += n
         return out
+
+    def _read_stats(self, name: str) -> dict[str, dict[str, int]]:
+        m = self._map(name)
+        n, keys, values = m.dump()
+        f0, f1, f2, f3, f4, f5 = SRC_STATS_FIELDS
+        text = _addr_text
+        # One Python step per row is left: building its dict (the API's shape).
+        return {
+            text(key): {f0: a, f1: b, f2: c, f3: d, f4: e, f5: f}
+            for (key,), (a, b, c, d, e, f) in zip(
+                _ADDR6.iter_unpack(keys), m.rows_u64(values, n), strict=True
+            )
+        }
+
+    def sweep_admitted(self, keep: Callable[[str], bool]) -> int:
+        """Deletes the admitted sources' rows whose address `keep` rejects (call it after a
+        deny, with the new trusted list and the open pinholes, so that a spoofer inside a
+        large trusted prefix cannot fill admitted_stats for ever). How many were deleted."""
+        m = self._map("admitted_stats")
+        _n, keys, _values = m.dump()
+        removed = 0
+        for (key,) in _ADDR6.iter_unpack(keys):
+            if not keep(_addr_text(key)) and m.delete(key):
+                removed += 1
+        return removed
 
     def read_totals(self) -> dict[str, dict[str, int]]:
         """Totals per verdict summed over CPUs: {"passed"|"dropped_untrusted"|"dropped_nonsip":
         {"pkts": n, "bytes": n}}. Never evicted, unlike the per-source counters."""
-        m = self._maps["verdicts"]
+        m = self._map("verdicts")
         out = {}
         for index, name in enumerate(TOTALS_NAMES):
             value = m.lookup(_U32.pack(index))
@@ -777,13 +979,24 @@ def pin_dir(name: str, pin_root: str | os.PathLike[str] = DEFAULT_PIN_ROOT) -> P
     return Path(pin_root) / name
 
 
-def open_pinned(name: str, pin_root: str | os.PathLike[str] = DEFAULT_PIN_ROOT) -> PinnedMaps:
+def open_pinned(
+    name: str,
+    pin_root: str | os.PathLike[str] = DEFAULT_PIN_ROOT,
+    *,
+    only: Iterable[str] | None = None,
+) -> PinnedMaps:
     """Opens the maps a running proxy pinned under <pin_root>/<name>/, without bcc.
 
-    FastPathUnavailable (with the fix) when they are not there: the proxy is stopped, runs with
-    the fast path off, or this process may not open them.
+    `only`: just these maps (each still layout-checked), e.g. ``only=PINHOLE_MAPS`` in a relay
+    worker that opens pinholes itself: two opens, no other map's fd held. FastPathUnavailable
+    (with the fix) when they are not there: the proxy is stopped, runs with the fast path off,
+    or this process may not open them.
     """
     directory = pin_dir(name, pin_root)
+    names = MAP_NAMES if only is None else tuple(dict.fromkeys(only))
+    unknown = [n for n in names if n not in _LAYOUT]
+    if unknown:
+        raise ValueError(f"not maps of the fast path: {', '.join(unknown)} (see MAP_NAMES)")
     if _fstype(Path(pin_root)) != "bpf":
         raise FastPathUnavailable(
             f"no bpf filesystem at {pin_root}, so no fast path maps are pinned there",
@@ -793,7 +1006,7 @@ def open_pinned(name: str, pin_root: str | os.PathLike[str] = DEFAULT_PIN_ROOT) 
     maps: dict[str, _Map] = {}
     missing = []
     try:
-        for map_name in MAP_NAMES:
+        for map_name in names:
             path = directory / map_name
             try:
                 fd = _obj_get(path)
@@ -817,14 +1030,14 @@ def open_pinned(name: str, pin_root: str | os.PathLike[str] = DEFAULT_PIN_ROOT) 
     if missing:
         for m in maps.values():
             m.close()
-        what = "no fast path maps" if len(missing) == len(MAP_NAMES) else "maps missing"
+        what = "no fast path maps" if len(missing) == len(names) else "maps missing"
         raise FastPathUnavailable(
             f"{what} at {directory} ({', '.join(missing)}): the proxy is not running, or runs "
             "with the fast path off",
             "start the proxy (clearipctl run / systemctl start clearip) with fastpath.enabled "
             "= true or auto; `clearipctl status` says why the fast path is off",
         )
-    return PinnedMaps(maps, str(directory))
+    return PinnedMaps(maps, str(directory), names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -990,18 +1203,85 @@ def _filter_prefix(name: str) -> str:
     return f"clearip:{name}:"
 
 
-def up_interfaces() -> list[str]:
-    """Names of the interfaces that are up, loopback excluded (fastpath.interfaces = [])."""
-    iff_up, iff_loopback = 0x1, 0x8
+# Masters that receive their ports' frames again as their own (rx_handler -> another round
+# of __netif_receive_skb, tc ingress included): their ports are left to them. A VRF or Open
+# vSwitch port is not: its packets never pass the master's tc ingress, so it stays a candidate.
+_REINJECTING_MASTERS = frozenset({"bond", "team", "bridge"})
+_IFF_UP, _IFF_LOOPBACK = 0x1, 0x8
+
+
+def _link_kind(link: Any) -> str | None:
+    info = link.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
+
+
+def attach_candidates() -> list[str]:
+    """The interfaces to filter when fastpath.interfaces = []: up, not loopback, and not a
+    port of a bond, team or bridge (the master judges what they receive, once). A VLAN device
+    and its lower device are both candidates: the classifier leaves the lower device's tagged
+    frames to the VLAN device."""
 
     def fn(ipr: IPRoute) -> list[str]:
-        return [
-            link.get_attr("IFLA_IFNAME")
-            for link in ipr.get_links()
-            if link["flags"] & iff_up and not link["flags"] & iff_loopback
-        ]
+        links = ipr.get_links()
+        kinds = {int(lk["index"]): _link_kind(lk) for lk in links}
+        out = []
+        for link in links:
+            if not link["flags"] & _IFF_UP or link["flags"] & _IFF_LOOPBACK:
+                continue
+            master = link.get_attr("IFLA_MASTER")
+            if master and kinds.get(int(master)) in _REINJECTING_MASTERS:
+                continue
+            out.append(link.get_attr("IFLA_IFNAME"))
+        return out
 
     return _netlink(fn)
+
+
+up_interfaces = attach_candidates  # the name manager.py knew it by
+
+
+# reconcile() looks at every attachment at least this often even without a notification.
+FULL_CHECK_S = 60.0
+
+_RTMGRP_LINK = 0x1
+_RTMGRP_TC = 0x8
+
+
+class _NetlinkEvents:
+    """A netlink socket subscribed to this network namespace's link and tc notifications:
+    tells reconcile() whether anything may have changed since it last looked, without a
+    dump. Non-blocking; a notification lost to a full socket buffer (ENOBUFS) counts as a
+    change."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(
+            socket.AF_NETLINK,
+            socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+            socket.NETLINK_ROUTE,
+        )
+        try:
+            self._sock.bind((0, _RTMGRP_LINK | _RTMGRP_TC))
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def changed(self) -> bool:
+        """Drains what arrived; True if anything did."""
+        seen = False
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except BlockingIOError:
+                return seen
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                seen = True
+                continue
+            seen = seen or bool(data)
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 def remove_all(
@@ -1131,16 +1411,20 @@ class BpfFastPath:
 
     Typical life (the supervisor)::
 
+        remove_all("clearip")          # what a crashed run left, on every interface
         fp = BpfFastPath("clearip", [("udp", 5060), ("tcp", 5060), ("tls", 5061)], 65536)
         fp.load()                      # FastPathUnavailable(reason, fix) when it cannot
         fp.set_trusted(["192.0.2.10/32"])
-        fp.attach(["eth0"])            # replaces a filter a previous run left
+        fp.set_local_addresses(["192.0.2.1", "192.0.2.255", "2001:db8::1"])
+        fp.attach(attach_candidates()) # replaces a filter a previous run left
         fp.pin()                       # /sys/fs/bpf/clearip/<map> for clearipctl
+        ...
+        fp.reconcile(attach_candidates())  # a watchdog, every few seconds: lines to log
         ...
         fp.detach(); fp.unpin(); fp.close()
 
     Fill the trusted list before attach(): from the moment the filter is in, an empty list
-    drops every source.
+    drops every source. Until set_local_addresses() every destination is judged.
     """
 
     def __init__(
@@ -1171,6 +1455,11 @@ class BpfFastPath:
         self._maps: PinnedMaps | None = None
         self._attached: dict[str, _Attachment] = {}
         self._pinned: dict[str, int] = {}  # map name -> id we pinned
+        # reconcile(): link/tc notifications, problems told once, interfaces left to a successor
+        self._events: _NetlinkEvents | None = None
+        self._problems: dict[str, str] = {}
+        self._yielded: set[str] = set()
+        self._checked_at = -math.inf
 
     def __repr__(self) -> str:
         state = "loaded" if self._bpf is not None else "not loaded"
@@ -1270,6 +1559,9 @@ class BpfFastPath:
     def close(self) -> None:
         """Releases this process's handles (fds, bcc). Filters and pins keep what they hold:
         call detach() and unpin() first to take the fast path down."""
+        if self._events is not None:
+            self._events.close()
+            self._events = None
         if self._maps is not None:
             self._maps.close()
             self._maps = None
@@ -1302,53 +1594,17 @@ class BpfFastPath:
         no duplicate. All-or-nothing: on failure the interfaces done by this call are undone.
         """
         self._require_maps()
+        self._watch()
         todo = [i for i in dict.fromkeys(interfaces) if i not in self._attached]
-        prefix = _filter_prefix(self.name)
 
         def fn(ipr: IPRoute) -> list[_Attachment]:
-            from pyroute2.netlink.exceptions import NetlinkError
-
             done: list[_Attachment] = []
             try:
                 for ifname in todo:
                     ifindex = _ifindex(ipr, ifname)
                     if ifindex is None:
                         raise FastPathError(f"attach to {ifname}: no such interface")
-                    made = False
-                    try:
-                        ipr.tc("add", "clsact", ifindex)
-                        made = True
-                    except NetlinkError as exc:
-                        if exc.code != errno.EEXIST:
-                            raise FastPathError(f"{ifname}: cannot add clsact: {exc}") from None
-                    att = _Attachment(ifname, ifindex, made)
-                    done.append(att)
-                    for flt in _our_prio_filters(ipr, ifindex):
-                        if flt.handle == self.tc_handle and not flt.name.startswith(prefix):
-                            raise FastPathError(
-                                f"{ifname}: tc ingress prio {TC_PRIO} handle "
-                                f"{self.tc_handle:#x} holds a filter we did not make "
-                                f"({flt.name or 'unnamed'}); remove it or rename fastpath.name"
-                            )
-                        if flt.handle != self.tc_handle and flt.name.startswith(prefix):
-                            _del_filter(ipr, ifindex, flt.handle)
-                    try:
-                        ipr.tc(
-                            "replace-filter",
-                            "bpf",
-                            ifindex,
-                            handle=self.tc_handle,
-                            parent=_CLSACT_INGRESS,
-                            prio=TC_PRIO,
-                            protocol=_ETH_P_ALL,
-                            fd=self._prog_fd,
-                            name=self.filter_name,
-                            direct_action=True,
-                        )
-                    except NetlinkError as exc:
-                        raise FastPathError(
-                            f"{ifname}: cannot add the tc filter (prio {TC_PRIO}): {exc}"
-                        ) from None
+                    done.append(self._attach_one(ipr, ifname, ifindex))
             except BaseException:
                 for att in reversed(done):
                     with contextlib.suppress(Exception):
@@ -1359,6 +1615,149 @@ class BpfFastPath:
         for att in _netlink(fn):
             self._attached[att.ifname] = att
             log.info("eBPF fast path %s attached to %s ingress", self.name, att.ifname)
+
+    def _attach_one(self, ipr: IPRoute, ifname: str, ifindex: int) -> _Attachment:
+        """clsact (when missing), stale filters of ours out, our filter in (replace)."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        made = False
+        try:
+            ipr.tc("add", "clsact", ifindex)
+            made = True
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise FastPathError(f"{ifname}: cannot add clsact: {exc}") from None
+        att = _Attachment(ifname, ifindex, made)
+        try:
+            prefix = _filter_prefix(self.name)
+            for flt in _our_prio_filters(ipr, ifindex):
+                if flt.handle == self.tc_handle and not flt.name.startswith(prefix):
+                    raise FastPathError(
+                        f"{ifname}: tc ingress prio {TC_PRIO} handle {self.tc_handle:#x} holds "
+                        f"a filter we did not make ({flt.name or 'unnamed'}); remove it or "
+                        "rename fastpath.name"
+                    )
+                if flt.handle != self.tc_handle and flt.name.startswith(prefix):
+                    _del_filter(ipr, ifindex, flt.handle)
+            try:
+                ipr.tc(
+                    "replace-filter",
+                    "bpf",
+                    ifindex,
+                    handle=self.tc_handle,
+                    parent=_CLSACT_INGRESS,
+                    prio=TC_PRIO,
+                    protocol=_ETH_P_ALL,
+                    fd=self._prog_fd,
+                    name=self.filter_name,
+                    direct_action=True,
+                )
+            except NetlinkError as exc:
+                raise FastPathError(
+                    f"{ifname}: cannot add the tc filter (prio {TC_PRIO}): {exc}"
+                ) from None
+        except BaseException:
+            if made:
+                with contextlib.suppress(Exception):
+                    self._detach_one(ipr, att)
+            raise
+        return att
+
+    def reconcile(self, interfaces: Sequence[str]) -> list[str]:
+        """Makes the attachments match `interfaces` (e.g. attach_candidates(), polled by a
+        watchdog): attaches to new ones, detaches from ones no longer listed, forgets ones
+        that disappeared, and puts our filter back where it has gone (`tc filter del`, `tc
+        qdisc del dev X clsact`). One line per change, for the log; a problem (no such
+        interface, a filter someone else holds at our handle) is told once, not every call.
+
+        Cheap when nothing changed: a socket subscribed to this namespace's link and tc
+        notifications (opened by attach() or the first call) says whether anything did, so a
+        call with the same interfaces and no notification makes no netlink request at all;
+        otherwise one link dump and one filter dump per attached interface. Every
+        FULL_CHECK_S it looks anyway, in case a notification was lost.
+        """
+        self._require_maps()
+        want = list(dict.fromkeys(interfaces))
+        fresh = self._watch()
+        assert self._events is not None
+        changed = self._events.changed() or fresh
+        now = time.monotonic()
+        settled = set(want) == set(self._attached) | set(self._problems)
+        if not changed and settled and now - self._checked_at < FULL_CHECK_S:
+            return []
+        lines = _netlink(lambda ipr: self._reconcile(ipr, want))
+        self._checked_at = now
+        for line in lines:
+            log.warning("eBPF fast path %s: %s", self.name, line)
+        return lines
+
+    def _reconcile(self, ipr: IPRoute, want: list[str]) -> list[str]:
+        lines: list[str] = []
+        links = {lk.get_attr("IFLA_IFNAME"): int(lk["index"]) for lk in ipr.get_links()}
+        for name, att in list(self._attached.items()):
+            ifindex = links.get(name)
+            if ifindex != att.ifindex:
+                del self._attached[name]
+                lines.append(
+                    f"{name}: gone, forgotten"
+                    if ifindex is None
+                    else f"{name}: a new interface of that name, attaching afresh"
+                )
+            elif name not in want:
+                del self._attached[name]
+                try:
+                    self._detach_one(ipr, att)
+                    lines.append(f"{name}: no longer to be filtered, detached")
+                except Exception as exc:
+                    lines.append(f"{name}: no longer to be filtered, detach failed: {exc}")
+        for name in list(self._problems):
+            if name not in want:
+                del self._problems[name]
+                self._yielded.discard(name)
+        for name in want:
+            if name in self._yielded:
+                continue  # a successor of ours filters it now: never fight it
+            ifindex = links.get(name)
+            if ifindex is None:
+                self._problem(lines, name, "no such interface, not filtered")
+                continue
+            att = self._attached.get(name)
+            if att is not None:
+                held = [f for f in _our_prio_filters(ipr, ifindex) if f.handle == self.tc_handle]
+                if any(f.name == self.filter_name for f in held):
+                    continue  # in place: the common case
+                if held and held[0].name.startswith(_filter_prefix(self.name)):
+                    del self._attached[name]
+                    self._yielded.add(name)
+                    self._problem(lines, name, f"our filter was replaced by {held[0].name}")
+                    continue
+            try:
+                new = self._attach_one(ipr, name, ifindex)
+            except FastPathError as exc:
+                self._problem(lines, name, str(exc).removeprefix(f"{name}: "))
+                continue
+            self._problems.pop(name, None)
+            if att is None:
+                lines.append(f"{name}: attached")
+            else:
+                gone = "tc filter and the clsact qdisc" if new.made_clsact else "tc filter"
+                lines.append(f"{name}: our {gone} had been removed, put back")
+                new.made_clsact = new.made_clsact or att.made_clsact
+            self._attached[name] = new
+        return lines
+
+    def _problem(self, lines: list[str], name: str, what: str) -> None:
+        if self._problems.get(name) != what:
+            self._problems[name] = what
+            lines.append(f"{name}: {what}")
+
+    def _watch(self) -> bool:
+        """Opens the link/tc notification socket if it is not open yet; True if it just was
+        (nothing seen yet, so the caller must look)."""
+        if self._events is not None:
+            return False
+        self._events = _NetlinkEvents()
+        return True
 
     def _detach_one(self, ipr: IPRoute, att: _Attachment) -> None:
         from pyroute2.netlink.exceptions import NetlinkError
@@ -1398,6 +1797,8 @@ class BpfFastPath:
             _netlink(fn)
         finally:
             self._attached.clear()
+            self._problems.clear()
+            self._yielded.clear()
         log.info("eBPF fast path %s detached", self.name)
 
     # ---------------------------------------------------------------- pins
@@ -1433,6 +1834,13 @@ class BpfFastPath:
     def trusted(self) -> list[str]:
         return self._require_maps().trusted()
 
+    def set_local_addresses(self, addrs: Iterable[str | IPAddress]) -> None:
+        """The proxy's own addresses: the only destinations judged (PinnedMaps docs)."""
+        self._require_maps().set_local_addresses(addrs)
+
+    def local_addresses(self) -> list[str]:
+        return self._require_maps().local_addresses()
+
     def add_pinhole(self, ip: str | IPAddress, ttl_s: float) -> None:
         self._require_maps().add_pinhole(ip, ttl_s)
 
@@ -1444,6 +1852,9 @@ class BpfFastPath:
 
     def read_sources(self) -> dict[str, dict[str, int]]:
         return self._require_maps().read_sources()
+
+    def sweep_admitted(self, keep: Callable[[str], bool]) -> int:
+        return self._require_maps().sweep_admitted(keep)
 
     def read_totals(self) -> dict[str, dict[str, int]]:
         return self._require_maps().read_totals()
