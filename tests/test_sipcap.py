@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP, fragment
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, fragment6
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, fragment6
 from scapy.layers.l2 import Dot1Q, Ether
 
 from clearip.relay.tap import TapRecord
@@ -318,6 +318,37 @@ def test_untrusted_tcp_is_marked_per_segment_and_not_reassembled() -> None:
     assert (seg.kind, seg.summary) == ("note", f"{len(INVITE)} bytes")
 
 
+def test_only_the_proxys_own_destinations_are_marked() -> None:
+    fp = FastPathRules(
+        udp_ports=frozenset({5060}),
+        tcp_ports=frozenset({5060}),
+        interfaces=frozenset({"eth0"}),
+        admitted=lambda ip: ip == SWITCH,
+        local=lambda ip: ip == PROXY,
+    )
+    dec = Decoder(verdict=fp.verdict)
+    [item] = dec.feed(udp(INVITE, src=ROGUE, **SEEN))
+    assert item.mark == DROP_UNTRUSTED
+    [item] = dec.feed(udp(INVITE, src=ROGUE, dst="198.51.100.9", **SEEN))
+    assert item.mark == ""  # forwarded to another host: the kernel leaves it alone
+
+
+def test_ipv6_extension_headers_are_judged_as_the_kernel_walks_them() -> None:
+    def v6(payload: bytes, src: str, options: int) -> Packet:
+        ip = IPv6(src=src, dst="2001:db8::1")
+        for _ in range(options):
+            ip = ip / IPv6ExtHdrDestOpt()
+        return Packet(T0, bytes(ip / UDP(sport=5060, dport=5060) / payload), "eth0", True)
+
+    fp = rules({"2001:db8::10"})
+    dec = Decoder(verdict=fp.verdict)
+    assert [i.mark for i in dec.feed(v6(b"junk, not SIP", "2001:db8::10", 1))] == [DROP_NONSIP]
+    assert [i.mark for i in dec.feed(v6(INVITE, "2001:db8::66", 1))] == [DROP_UNTRUSTED]
+    assert [i.mark for i in dec.feed(v6(INVITE, "2001:db8::10", 8))] == [""]
+    # more than the kernel walks: its ports unseen there, dropped even when SIP and trusted
+    assert [i.mark for i in dec.feed(v6(INVITE, "2001:db8::10", 9))] == [DROP_NONSIP]
+
+
 def test_non_sip_udp_from_a_trusted_source_is_marked() -> None:
     assert marks(udp(b"hello, this is not SIP at all", **SEEN)) == [DROP_NONSIP]
     assert marks(udp(b"\r\n\r\n", **SEEN)) == []  # a keepalive passes (and is not shown)
@@ -339,6 +370,12 @@ def test_non_sip_udp_from_a_trusted_source_is_marked() -> None:
         (b"ABCDEFGHIJKLMNOPQ sip:x\r\n", False),  # more than 16
         (b"ABCDEFGHIJKLMNOP sip:x\r\n", True),
         (b"GET / HTTP/1.1\r\n\r\n", True),  # the kernel's probe is only that loose
+        # STUN Binding requests, the other keepalive (RFC 5626 §4.4.2)
+        (b"\x00\x01\x00\x00\x21\x12\xa4\x42" + b"txn-id-12345", True),
+        (b"\x00\x01\x00\x08\x21\x12\xa4\x42" + b"txn-id-12345" + bytes(8), True),
+        (b"\x01\x01\x00\x00\x21\x12\xa4\x42" + b"txn-id-12345", False),  # a response
+        (b"\x00\x01\x00\x04\x21\x12\xa4\x42" + b"txn-id-12345", False),  # length lies
+        (b"\x00\x01\x00\x00\x21\x12\xa4\x43" + b"txn-id-12345", False),  # no cookie
     ],
 )
 def test_looks_like_sip_mirrors_the_kernel_probe(payload: bytes, sip: bool) -> None:

@@ -50,7 +50,7 @@ from clearip.sipcap import (
     shown_from_tap,
     sll_header,
 )
-from clearip.trust import TrustList
+from clearip.trust import TrustList, normal_address
 
 NEED_ROOT = "capturing packets needs root or CAP_NET_RAW: run it as root (sudo clearipctl capture)"
 ETH_P_ALL = 0x0003
@@ -275,6 +275,23 @@ class _KernelView:
         self._trusted_at = -1e9
         self._holes: dict[str, float] = {}
         self._holes_at = -1e9
+        self._local: frozenset[str] = frozenset()
+        self._local_at = -1e9
+
+    def local(self, ip: str) -> bool:
+        """Is `ip` a destination the classifier judges: one of the proxy's own addresses, any
+        multicast or limited broadcast, or any at all while it knows none (fails closed)."""
+        now = time.monotonic()
+        try:
+            if now - self._local_at >= TRUSTED_REFRESH:
+                self._local = frozenset(self.maps.local_addresses())
+                self._local_at = now
+        except OSError:
+            return True
+        if not self._local or ip in self._local:
+            return True
+        addr = normal_address(ip)
+        return addr is None or addr.is_multicast or str(addr) == "255.255.255.255"
 
     def admitted(self, ip: str) -> bool:
         now = time.monotonic()
@@ -315,11 +332,13 @@ def _fastpath_rules(
     except OSError as e:
         maps.close()
         return None, None, f"cannot read the fast path's maps: {e}"
+    view = _KernelView(maps)
     rules = FastPathRules(
         udp_ports=frozenset(port for proto, port in guarded if proto == "udp"),
         tcp_ports=frozenset(port for proto, port in guarded if proto == "tcp"),
         interfaces=frozenset(fastpath.get("interfaces") or ()),
-        admitted=_KernelView(maps).admitted,
+        admitted=view.admitted,
+        local=view.local,
     )
     return rules, maps, ""
 

@@ -18,8 +18,10 @@ Decisions a reader may want to know:
   `verbose`. `clearipctl capture --decrypted` shows those legs from the relay's tap instead.
 * Fast-path marks repeat the rules of bpf/clearip_tc.bpf.c (SPEC §5) on what AF_PACKET saw
   before the tc classifier ran: an incoming packet on a filtered interface, to a guarded
-  (protocol, port), from a source neither trusted nor pinholed, is dropped; a UDP payload
-  there that does not look like SIP (`looks_like_sip`, the kernel's probe) is dropped too.
+  (protocol, port) of one of the proxy's addresses, from a source neither trusted nor
+  pinholed, is dropped; a UDP payload there that does not look like SIP (`looks_like_sip`,
+  the kernel's probe, STUN keepalives included) is dropped too, and so is an IPv6 packet
+  behind more extension headers than the kernel walks (its ports unseen there).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ FRAGMENT_TIMEOUT = 30.0  # seconds, as Linux's ipfrag_time
 MAX_DATAGRAM = 65535 + 8  # largest UDP datagram (header included) a reassembly may produce
 
 _PROTO_TCP, _PROTO_UDP = 6, 17
+MAX_EXT_HEADERS = 8  # IPv6 extension headers the eBPF classifier walks (CLEARIP_MAX_EXT_HDRS)
 _TCP_FIN, _TCP_SYN, _TCP_RST = 0x01, 0x02, 0x04
 _SEQ_MOD = 1 << 32
 
@@ -87,7 +90,7 @@ class Segment:
     payload: bytes
     seq: int = 0
     flags: int = 0
-    probed: bool = True  # the eBPF probe sees its payload (not IPv6 with extension headers)
+    probed: bool = True  # the eBPF probe sees its ports and payload (IPv6: <= 8 ext. headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,20 +112,40 @@ class Shown:
 
 
 def looks_like_sip(payload: bytes) -> bool:
-    """The eBPF classifier's UDP probe: a CRLF keepalive, or at least PROBE_LEN (17) bytes that
-    start with "SIP/2.0 " or with 3-16 capitals and a space."""
+    """The eBPF classifier's UDP probe: a CRLF keepalive, a STUN Binding request (RFC 5626
+    §4.4.2), or at least PROBE_LEN (17) bytes that start with "SIP/2.0 " or with 3-16 capitals
+    and a space."""
     if len(payload) in (2, 4):
         return payload in (b"\r\n", b"\r\n\r\n")
     if len(payload) < 17:
         return False
     if payload.startswith(b"SIP/2.0 "):
         return True
+    if payload[0] == 0:
+        return is_stun_binding_request(payload)
     for i, c in enumerate(payload[:17]):
         if c == 0x20:
             return i >= 3
         if not 0x41 <= c <= 0x5A:
             return False
     return False
+
+
+_STUN_MAGIC_COOKIE = 0x2112A442
+
+
+def is_stun_binding_request(payload: bytes) -> bool:
+    """A STUN Binding request (RFC 5389 §6): type 0x0001, the magic cookie, and a length that
+    is a multiple of 4 and exactly what follows the 20-byte header."""
+    if len(payload) < 20:
+        return False
+    msg_type, length, cookie = struct.unpack_from("!HHI", payload)
+    return (
+        msg_type == 0x0001
+        and cookie == _STUN_MAGIC_COOKIE
+        and length % 4 == 0
+        and length == len(payload) - 20
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +156,9 @@ class FastPathRules:
     tcp_ports: frozenset[int]  # TCP and TLS listeners
     interfaces: frozenset[str]  # where the classifier is attached
     admitted: Callable[[str], bool]
+    # Is this destination one of the proxy's own (judged)? None: every one is, as in the
+    # kernel before it is told its addresses.
+    local: Callable[[str], bool] | None = None
 
     def verdict(self, seg: Segment, iface: str, incoming: bool | None) -> str:
         """The drop this packet meets in the kernel, or "" when it passes (or is not judged)."""
@@ -142,9 +168,13 @@ class FastPathRules:
         ports = self.udp_ports if seg.proto == "udp" else self.tcp_ports
         if seg.dst[1] not in ports:
             return ""
+        if self.local is not None and not self.local(seg.dst[0]):
+            return ""  # forwarded or bridged to another host: not the proxy's to judge
         if not self.admitted(seg.src[0]):
             return DROP_UNTRUSTED
-        if seg.proto == "udp" and seg.probed and not looks_like_sip(seg.payload):
+        if not seg.probed:  # the kernel could not see its ports: dropped unjudged
+            return DROP_NONSIP
+        if seg.proto == "udp" and not looks_like_sip(seg.payload):
             return DROP_NONSIP
         return ""
 
@@ -163,7 +193,7 @@ class _Ip:
     proto: int
     payload: bytes
     frag: tuple[int, int, bool] | None  # (id, offset, more fragments) of a fragment
-    plain: bool  # no IPv6 extension headers (what the eBPF classifier parses)
+    probed: bool  # the eBPF classifier reaches its upper-layer header (see MAX_EXT_HEADERS)
 
 
 def _parse_ip(l3: bytes) -> _Ip | None:
@@ -186,8 +216,9 @@ def _parse_ip(l3: bytes) -> _Ip | None:
     if version == 6 and len(l3) >= 40:
         (length,) = struct.unpack_from("!H", l3, 4)
         end = 40 + length if length and 40 + length <= len(l3) else len(l3)
-        nh, off, frag = l3[6], 40, None
+        nh, off, frag, walked = l3[6], 40, None, 0
         while nh in (0, 43, 44, 51, 60) and off + 8 <= end:
+            walked += 1
             if nh == 44:  # fragment header (RFC 8200 §4.5)
                 offmore, ident = struct.unpack_from("!HI", l3, off + 2)
                 frag = (ident, offmore & 0xFFF8, bool(offmore & 1))
@@ -202,7 +233,7 @@ def _parse_ip(l3: bytes) -> _Ip | None:
             nh,
             l3[off:end],
             frag,
-            off == 40,
+            walked <= MAX_EXT_HEADERS,
         )
     return None
 
@@ -447,7 +478,9 @@ def _segment(ts: float, ip: _Ip, payload: bytes) -> Segment | None:
             return None
         sport, dport, length = struct.unpack_from("!HHH", payload)
         end = length if 8 <= length <= len(payload) else len(payload)
-        return Segment(ts, "udp", (ip.src, sport), (ip.dst, dport), payload[8:end], probed=ip.plain)
+        return Segment(
+            ts, "udp", (ip.src, sport), (ip.dst, dport), payload[8:end], probed=ip.probed
+        )
     if len(payload) < 20:
         return None
     sport, dport, seq, _ack, offset, flags = struct.unpack_from("!HHIIBB", payload)
@@ -459,7 +492,7 @@ def _segment(ts: float, ip: _Ip, payload: bytes) -> Segment | None:
         payload[(offset >> 4) * 4 :],
         seq,
         flags,
-        ip.plain,
+        ip.probed,
     )
 
 
