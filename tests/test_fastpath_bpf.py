@@ -1491,6 +1491,11 @@ def test_lab_replace_detach_crash_and_cleanup(rig: Rig) -> None:
     new_ids = rig.reopen_maps().map_ids()
     assert set(new_ids.values()).isdisjoint(old_ids.values())
     assert rig.maps is not None and rig.maps.trusted() == ["10.77.0.11/32", "fd77::11/128"]
+    # the first one's watchdog does not fight its successor for eth0
+    lines, _ = first.reconcile(["eth0"])
+    assert lines == [f"eth0: our filter was replaced by {second.filter_name}"]
+    assert len(rig.tc_filters()) == 1 and second.filter_name in rig.tc_filters()[0]
+    assert first.reconcile(["eth0"]) == ([], 0)
 
     # the first one stopping late takes neither the successor's filter nor its pins
     assert first.stop() == 0 and "STOPPED" in first.text()

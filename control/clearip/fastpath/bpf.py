@@ -1721,30 +1721,32 @@ class BpfFastPath:
             if ifindex is None:
                 self._problem(lines, name, "no such interface, not filtered")
                 continue
-            att = self._attached.get(name)
-            if att is not None:
-                held = [f for f in _our_prio_filters(ipr, ifindex) if f.handle == self.tc_handle]
-                if any(f.name == self.filter_name for f in held):
-                    continue  # in place: the common case
-                if held and held[0].name.startswith(_filter_prefix(self.name)):
-                    del self._attached[name]
-                    self._yielded.add(name)
-                    self._problem(lines, name, f"our filter was replaced by {held[0].name}")
-                    continue
             try:
-                new = self._attach_one(ipr, name, ifindex)
-            except FastPathError as exc:
+                self._reconcile_one(ipr, name, ifindex, lines)
+            except Exception as exc:  # one interface's trouble must not stop the others
                 self._problem(lines, name, str(exc).removeprefix(f"{name}: "))
-                continue
-            self._problems.pop(name, None)
-            if att is None:
-                lines.append(f"{name}: attached")
-            else:
-                gone = "tc filter and the clsact qdisc" if new.made_clsact else "tc filter"
-                lines.append(f"{name}: our {gone} had been removed, put back")
-                new.made_clsact = new.made_clsact or att.made_clsact
-            self._attached[name] = new
         return lines
+
+    def _reconcile_one(self, ipr: IPRoute, name: str, ifindex: int, lines: list[str]) -> None:
+        att = self._attached.get(name)
+        if att is not None:
+            held = [f for f in _our_prio_filters(ipr, ifindex) if f.handle == self.tc_handle]
+            if any(f.name == self.filter_name for f in held):
+                return  # in place: the common case
+            if held and held[0].name.startswith(_filter_prefix(self.name)):
+                del self._attached[name]
+                self._yielded.add(name)
+                self._problem(lines, name, f"our filter was replaced by {held[0].name}")
+                return
+        new = self._attach_one(ipr, name, ifindex)
+        self._problems.pop(name, None)
+        if att is None:
+            lines.append(f"{name}: attached")
+        else:
+            gone = "tc filter and the clsact qdisc" if new.made_clsact else "tc filter"
+            lines.append(f"{name}: our {gone} had been removed, put back")
+            new.made_clsact = new.made_clsact or att.made_clsact
+        self._attached[name] = new
 
     def _problem(self, lines: list[str], name: str, what: str) -> None:
         if self._problems.get(name) != what:
