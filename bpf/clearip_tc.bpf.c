@@ -17,8 +17,9 @@
  *   - Each packet once. A frame still carrying a VLAN tag with a VLAN ID is not ours on this
  *     (lower) device: its VLAN device judges it after untagging, and without one the stack
  *     drops it. Priority tags (VLAN ID 0) are judged here: the stack strips them and delivers
- *     on this very device, after tc. Frames for another host's MAC (PACKET_OTHERHOST, seen in
- *     promiscuous mode) are never delivered here either.
+ *     on this very device, after tc (more of them than CLEARIP_MAX_VLAN_TAGS hide the IP
+ *     header: dropped, counted in `verdicts` only). Frames for another host's MAC
+ *     (PACKET_OTHERHOST, seen in promiscuous mode) are never delivered here either.
  *   - Destinations: an address in local_addrs, or any broadcast or multicast one (the stack
  *     gives those to sockets bound to the wildcard address). Everything to other hosts
  *     (forwarded, bridged) is not ours. While local_addrs is empty every destination is
@@ -57,10 +58,8 @@
 /* Byte order without libbpf's bpf_endian.h (bcc does not ship it). */
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define CLEARIP_BE16(x) __builtin_bswap16(x)
-#define CLEARIP_BE32(x) __builtin_bswap32(x)
 #else
 #define CLEARIP_BE16(x) (x)
-#define CLEARIP_BE32(x) (x)
 #endif
 
 #define IP_FRAG_OFFSET_MASK 0x1FFF    /* iphdr.frag_off without the flag bits */
