@@ -73,7 +73,6 @@ __all__ = [
     "header_constants",
     "open_pinned",
     "remove_all",
-    "up_interfaces",
 ]
 
 log = logging.getLogger(__name__)
@@ -1237,7 +1236,6 @@ def attach_candidates() -> list[str]:
     return _netlink(fn)
 
 
-up_interfaces = attach_candidates  # the name manager.py knew it by
 
 
 # reconcile() looks at every attachment at least this often even without a notification.
