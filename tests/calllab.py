@@ -33,6 +33,8 @@ SILENT = "16065550999"  # never answers
 RESET = "17075550000"  # resets the TLS connection on every INVITE
 SLOW = "18085550000"  # 302 after 1 s (a CANCEL meanwhile gets 200 + 487)
 VIA_TCP = "12025550300"  # 302 to provider B over TCP
+FOLDED = "12025550400"  # 302 to A, Identity and P-Asserted-Identity folded over two lines
+VIA_TLS = "12025550500"  # 302 to provider B over TLS (port 5061)
 
 RULES = f"""
 [defaults]
@@ -83,8 +85,21 @@ contacts = ["sip:{{number}}@{PROV_B_IP}:5060;transport=tcp"]
 identity = true
 
 [[rule]]
+match = "^\\\\+?{VIA_TLS}$"
+contacts = ["sip:{{number}}@{PROV_B_IP}:5061;transport=tls"]
+identity = true
+
+[[rule]]
+match = "^\\\\+?{FOLDED}$"
+contacts = ["sip:{{number}}@{PROV_A_IP}:5060"]
+identity = true
+pai = "<sip:{{from}}@clearip.example.org;user=phone;verstat=TN-Validation-Passed>"
+fold = true
+
+[[rule]]
 match = "^\\\\+?{SLOW}$"
 contacts = ["sip:{{number}}@{PROV_A_IP}:5060"]
+identity = true
 delay = 1.0
 """
 

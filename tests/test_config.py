@@ -51,6 +51,8 @@ max_contacts = 5
 copy_headers = ["Identity", "P-Asserted-Identity"]
 emergency_numbers = ["911", "933"]
 emergency_action = "reject"
+tls_ca_file = ""          # added beyond §4 (issue 11): CA bundle for TLS to next hops
+tls_verify_exempt = []    # added beyond §4 (issue 11): next hops whose certificate is not checked
 
 [trust]
 sources = []              # CIDRs; `clearipctl allow` adds to the state file, not to this file
@@ -61,6 +63,7 @@ enabled = "auto"          # auto: on when it can load, else off; true: required;
 interfaces = []           # empty: every interface that is up, loopback excluded
 name = "clearip"          # nft table `inet <name>`, pins under /sys/fs/bpf/<name>/
 max_sources = 65536       # size of the per-source counter map (LRU)
+pinhole_ttl = 600.0       # added beyond §4 (issue 10): a pinhole outlives a crash this long
 
 [relay]
 workers = 0               # relay processes; 0: one per core
@@ -70,6 +73,7 @@ max_message_bytes = 65535
 max_headers = 256
 max_transactions = 100000
 max_tcp_per_source = 256
+max_tcp_connections = 8192  # added beyond §4 (issue 11): accepted TCP/TLS, all workers
 tcp_idle_timeout = 600.0
 
 [control]
@@ -126,6 +130,8 @@ max_contacts = 3
 copy_headers = ["Identity", "P-Asserted-Identity", "X-Attestation"]
 emergency_numbers = ["911", "933", "112"]
 emergency_action = "sip:psap.example.net:5060;transport=tcp"
+tls_ca_file = "/etc/clearip/providers-ca.pem"
+tls_verify_exempt = ["10.9.8.7", "sbc.private.example"]
 
 [trust]
 sources = ["192.0.2.0/24", "198.51.100.7/32", "2001:db8::/32"]
@@ -136,6 +142,7 @@ enabled = true
 interfaces = ["eth0", "bond0.100"]
 name = "clearip-b"
 max_sources = 262144
+pinhole_ttl = 900.0
 
 [relay]
 workers = 2
@@ -145,6 +152,7 @@ max_message_bytes = 16384
 max_headers = 128
 max_transactions = 5000
 max_tcp_per_source = 32
+max_tcp_connections = 1000
 tcp_idle_timeout = 120.0
 
 [control]

@@ -89,3 +89,19 @@ def test_sink_survives_a_collector_that_is_down() -> None:
         assert sink.sent + sink.dropped == 3 and not sink.dead
     finally:
         sink.close()
+
+
+def test_a_message_too_big_for_hep3_costs_a_copy_never_the_message() -> None:
+    """Issue 11: a 65,437-65,535-byte message made the encoder raise outside any guard, and
+    the SIP message itself was lost. Now it is a ValueError the sink counts as dropped."""
+    big = TapRecord(1.0, "in", "udp", ("192.0.2.1", 5060), ("192.0.2.2", 5060), b"x" * 65500)
+    with pytest.raises(ValueError, match="does not fit"):
+        hep.encode(big)
+    sink = hep.HepSink(("127.0.0.1", 9))
+    try:
+        sink.emit(big)
+        assert (sink.sent, sink.dropped) == (0, 1)
+        sink.retarget(("127.0.0.1", 10))
+        assert sink.address == ("127.0.0.1", 10)
+    finally:
+        sink.close()

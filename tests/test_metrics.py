@@ -39,12 +39,14 @@ def _status() -> dict[str, Any]:
     one["finals"], two["finals"] = {"200": 2, "503": 1}, {"503": 1}
     one["attestation"], two["attestation"] = {"A": 1}, {"A": 1, "C": 1}
     one["verstat"] = {"TN-Validation-Passed": 3, "No-TN-Validation": 1}
+    one["drops"] = {"indialog_refused": 2}
+    two["drops"] = {"indialog_refused": 1, "stun_untrusted": 4}
     one["tap"], two["tap"] = {"captures": 0, "dropped": 1, "hep_sent": 30}, {"hep_sent": 12}
     merged = aggregate_stats([one, two], default_config())
     return {
         **merged,
         "upstream": {"state": "connected", "transport": "tls", "tls_version": None, "rtt_ms": 1},
-        "fastpath": {"enabled": True, "reason": None, "interfaces": ["eth0"]},
+        "fastpath": {"enabled": True, "reason": None, "interfaces": ["eth0"], "restored": 1},
         "sources": [
             {"address": "10.0.0.1", "kernel": {"passed_pkts": 7, "dropped_untrusted_pkts": 0}},
             {"address": "10.0.0.9", "kernel": {"passed_pkts": 1, "dropped_untrusted_pkts": 90}},
@@ -108,6 +110,10 @@ def test_collector_exposes_every_metric() -> None:
         'clearip_verstat_total{status="TN-Validation-Passed"}': 3,
         "clearip_upstream_up": 1,
         "clearip_fastpath_enabled": 1,
+        "clearip_fastpath_restored_total": 1,
+        'clearip_relay_dropped_total{reason="indialog_refused"}': 3,
+        'clearip_relay_dropped_total{reason="stun_untrusted"}': 4,
+        "clearip_indialog_unknown_total": 0,
         "clearip_kernel_passed_packets_total": 8,
         "clearip_kernel_dropped_untrusted_packets_total": 90,
         "clearip_kernel_dropped_nonsip_packets_total": 0,

@@ -7,12 +7,12 @@ host. Only the control paths and the trusted list differ from the defaults.
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.calllab import status_of
 from tests.netlab import NetLab, skip_unless_netns
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -60,10 +60,7 @@ metrics = ""
         assert (tmp_path / "state" / "tls" / "self-signed.pem").exists()
         out = switch.run(["python3", "-c", SEND_INVITE, "10.77.0.10"], timeout=10).stdout
         assert out.splitlines() == ["SIP/2.0 100 Trying", "SIP/2.0 503 ClearIP unavailable"]
-        status = json.loads(
-            subprocess.run([CTL, "status", "--json", "--config", str(config)],
-                           capture_output=True, text=True, timeout=10, check=True).stdout
-        )  # fmt: skip
+        status = status_of(config)
         assert status["upstream"]["state"] in ("down", "connecting")
         assert status["counters"]["clearip_unavailable"] == 1
         assert {(x["transport"], x["address"]) for x in status["listeners"]} == {
@@ -107,12 +104,95 @@ def test_fast_path_that_cannot_load(tmp_path: Path, enabled: str) -> None:
             assert "ciptnope" not in proxy.run(["nft", "list", "tables"]).stdout
             return
         proxy.wait_udp(5060, proc=proc, timeout=60)
-        status = json.loads(
-            subprocess.run([CTL, "status", "--json", "--config", str(config)],
-                           capture_output=True, text=True, timeout=10, check=True).stdout
-        )  # fmt: skip
+        status = status_of(config)
         fastpath = status["fastpath"]
         assert fastpath["enabled"] is False and fastpath["interfaces"] == []
         assert "nope0" in fastpath["reason"]
         assert "ciptnope" not in proxy.run(["nft", "list", "tables"]).stdout  # rolled back
         assert proxy.stop(proc, grace=15) == 0
+
+
+INJECT = r"""
+import socket, sys
+from glob import glob
+msg = (
+    "udp\0" "10.77.0.11\0" "5060\0" "10.77.0.10\0" "5060\0"  # "from the trusted switch"
+    "INVITE sip:+19005550100@10.77.0.10 SIP/2.0\r\nVia: SIP/2.0/UDP 10.77.0.11;branch=z9hG4bK-x\r\n"
+    "From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: injected\r\nCSeq: 1 INVITE\r\n"
+    "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+).encode()
+targets = glob(sys.argv[1] + "/handoff-*/*.sock") or [sys.argv[1] + "/handoff-x/0.sock"]
+targets += ["\0clearip-%s-0" % sys.argv[2], "\0clearip-%s-1" % sys.argv[2]]  # the old names
+for path in targets:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        s.sendto(msg, path)
+        print("SENT", repr(path))
+    except OSError as e:
+        print("refused", repr(path), e.errno)
+"""
+
+
+TCP_PROBE = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+s.sendall(b"OPTIONS sip:x SIP/2.0\r\n\r\n")
+try:
+    print("closed" if s.recv(100) == b"" else "answered")
+except ConnectionResetError:
+    print("reset")
+except TimeoutError:
+    print("held open")
+"""
+
+
+def test_a_local_user_cannot_inject_through_the_workers_hand_off(tmp_path: Path) -> None:
+    """Issue 11: with two workers the hand-off socket was abstract (no permissions) and the
+    receiver believed the claimed source: any local user could place calls as a trusted switch.
+    Now it lives in a 0700 directory of the proxy's user; `nobody` cannot even reach it."""
+    skip_unless_netns()
+    run = Path(f"/run/clearip-test-{tmp_path.name}")
+    run.mkdir(mode=0o755)
+    try:
+        config = tmp_path / "proxy.toml"
+        config.write_text(f"""
+[listen]
+tls = []
+[relay]
+workers = 2
+[trust]
+sources = ["10.77.0.11/32"]
+[fastpath]
+enabled = false
+[control]
+socket = "{run}/ctl.sock"
+state_dir = "{tmp_path}/state"
+metrics = ""
+""")
+        with NetLab(workdir=tmp_path / "lab") as lab:
+            proxy = lab.add_host("proxy", "10.77.0.10/24", None)
+            proc = proxy.popen([CTL, "run", "--config", str(config)])
+            proxy.wait_udp(5060, proc=proc)
+            (handoff,) = run.glob("handoff-*")
+            assert handoff.stat().st_mode & 0o777 == 0o700
+            assert sorted(p.name for p in handoff.iterdir()) == ["0.sock", "1.sock"]
+            out = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                 "python3", "-c", INJECT, str(run), str(proc.pid)],
+                capture_output=True, text=True, timeout=10,
+            )  # fmt: skip
+            assert "SENT" not in out.stdout, out.stdout + out.stderr
+            status = status_of(config)
+            assert status["counters"]["invites"] == 0
+            # and a stranger's TCP connection is refused at accept, before anything is read
+            rogue = lab.add_host("rogue", "10.77.0.66/24", None)
+            out = rogue.run(["python3", "-c", TCP_PROBE, "10.77.0.10", "5060"], timeout=10)
+            assert out.stdout.strip() in ("reset", "closed"), out.stdout
+            status = status_of(config)
+            assert status["counters"]["dropped_untrusted"] >= 1
+            assert proxy.stop(proc, grace=15) == 0
+        assert not list(run.glob("handoff-*"))  # removed at stop
+    finally:
+        import shutil
+
+        shutil.rmtree(run, ignore_errors=True)

@@ -168,6 +168,7 @@ class Rule:
     headers: tuple[tuple[str, str], ...] = ()
     x5u: str = DEFAULT_X5U
     attest: str = "A"
+    fold: bool = False  # fold Identity and P-Asserted-Identity over two lines (legal SIP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +196,7 @@ _RULE_KEYS = (
     "headers",
     "x5u",
     "attest",
+    "fold",
 )
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!%*_+`'~.-]+")
 
@@ -286,6 +288,7 @@ def _rule(index: int, table: Any, defaults: dict[str, Any], where: str) -> Rule:
         headers=tuple((n, _str(v, f"{at('headers')}.{n}")) for n, v in headers.items()),
         x5u=_str(merged.get("x5u", DEFAULT_X5U), at("x5u")),
         attest=attest,
+        fold=_bool(merged.get("fold", False), at("fold")),
     )
 
 
@@ -388,6 +391,19 @@ def build_answer(
         to_tag=to_tag,
         headers=headers,
     )
+
+
+def fold_lines(wire: bytes, names: tuple[bytes, ...]) -> bytes:
+    """`wire` with each header line named in `names` folded after its colon: the value starts
+    on a continuation line (RFC 3261 §7.3.1, where SWS allows it), as some SIP stacks send
+    long values. Unfolded, the value is unchanged."""
+    head, sep, body = wire.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    for i, line in enumerate(lines):
+        name, colon, value = line.partition(b":")
+        if colon and name.strip() in names:
+            lines[i] = name + b":\r\n   " + value.lstrip()
+    return b"\r\n".join(lines) + sep + body
 
 
 # --- listeners -------------------------------------------------------------------------------
@@ -847,7 +863,10 @@ class Emulator:
         self._finish(txn, response)
 
     def _finish(self, txn: _Txn, response: Response) -> None:
-        txn.state, txn.response, txn.wire = "done", response, response.to_bytes()
+        wire = response.to_bytes()
+        if txn.rule is not None and txn.rule.fold:
+            wire = fold_lines(wire, (b"Identity", b"P-Asserted-Identity"))
+        txn.state, txn.response, txn.wire = "done", response, wire
         self._send(txn.link, response, txn, wire=txn.wire)
         self._forget((txn.request.call_id, txn.request.top_via.branch or ""), txn)
 

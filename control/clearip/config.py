@@ -439,6 +439,16 @@ _FASTPATH_MODES: dict[str, FastpathMode] = {
 }
 
 
+def _exempt_host(value: object) -> str:
+    text = _string(value).strip().lower()
+    address = _ip_literal(text)
+    if address is not None:
+        return address
+    if not _is_hostname(text):
+        raise _Invalid(f"{_show(text)} is not a host name or an IP address")
+    return text
+
+
 def _fastpath_mode(value: object) -> FastpathMode:
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -554,6 +564,10 @@ class RoutingConfig:
         ["911", "933"], _list_of(_emergency_number, "digit strings")
     )
     emergency_action: str = _key("reject", _emergency_action)  # "reject" or a next-hop URI
+    # TLS toward next hops: verified against the system store (or this CA bundle), except
+    # toward the hosts listed (names or addresses as the Contact writes them: private links)
+    tls_ca_file: str = _key("", _path)
+    tls_verify_exempt: tuple[str, ...] = _key([], _list_of(_exempt_host, "host names or IPs"))
     _failover: frozenset[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -582,6 +596,9 @@ class FastpathConfig:
     interfaces: tuple[str, ...] = _key([], _list_of(_ifname, "interface names"))  # []: all up
     name: str = _key("clearip", _fastpath_name)
     max_sources: int = _key(65536, _int(1024, 16777216))
+    # How long a pinhole outlives the proxy's last word about it: re-armed every quarter of
+    # this while a call uses it, so it only runs out after a crash (SPEC §5).
+    pinhole_ttl: float = _key(600.0, _seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -611,6 +628,7 @@ class LimitsConfig:
     max_headers: int = _key(256, _int(16, 1024))
     max_transactions: int = _key(100000, _int(1))
     max_tcp_per_source: int = _key(256, _int(1))
+    max_tcp_connections: int = _key(8192, _int(1))  # accepted TCP/TLS, all sources and workers
     tcp_idle_timeout: float = _key(600.0, _seconds)
 
 

@@ -27,6 +27,7 @@ MAGIC = b"HEP3"
 PROTO_SIP = 1
 CAPTURE_ID = 2001  # the capture agent id HOMER shows for this proxy
 _IPPROTO = {"udp": 17, "tcp": 6, "tls": 6}
+MAX_PACKET = 0xFFFF  # HEP3's total length is a u16
 
 _U8, _U16, _U32 = struct.Struct("!HHHB"), struct.Struct("!HHHH"), struct.Struct("!HHHI")
 
@@ -58,6 +59,9 @@ def encode(rec: TapRecord, capture_id: int = CAPTURE_ID) -> bytes:
             _chunk(15, rec.data),
         )
     )
+    if 6 + len(body) > MAX_PACKET:
+        # the length field is 16 bits: a message this big cannot be copied, only counted
+        raise ValueError(f"a {len(rec.data)}-byte message does not fit in one HEP3 packet")
     return MAGIC + struct.pack("!H", 6 + len(body)) + body
 
 
@@ -101,15 +105,26 @@ class HepSink:
     """Sends a copy of every message to the collector over UDP; never blocks the relay."""
 
     def __init__(self, address: tuple[str, int], capture_id: int = CAPTURE_ID) -> None:
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.address = address
         self.capture_id = capture_id
         self.sent = 0
         self.dropped = 0
         self.dead = False  # a collector may come and go: never given up on
-        self._sock = socket.socket(family, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
-        self._sock.connect(address)
+        self._sock = self._connect(address)
+        self.address = address
+
+    @staticmethod
+    def _connect(address: tuple[str, int]) -> socket.socket:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.connect(address)
+        return sock
+
+    def retarget(self, address: tuple[str, int]) -> None:
+        """The collector's name now resolves elsewhere: send there from now on."""
+        sock = self._connect(address)
+        self._sock.close()
+        self._sock, self.address = sock, address
 
     def wants(self, transport: str) -> bool:
         return transport in TRANSPORTS
@@ -125,10 +140,3 @@ class HepSink:
 
     def close(self) -> None:
         self._sock.close()
-
-
-def resolve_collector(host: str, port: int) -> tuple[str, int]:
-    """The collector's address; resolved once, at start or reload (OSError if it cannot be)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    addr = infos[0][4]
-    return str(addr[0]), int(addr[1])

@@ -119,6 +119,9 @@ def setup_logging(level: str = "info", *, tag: str = "", stream: TextIO | None =
     handler.setFormatter(formatter)
     root.addHandler(handler)
     set_level(level)
+    # a library's internals are not the operator's debug log (pyroute2 logs every netlink
+    # message it parses, each second, from the fast-path watchdog)
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
 
 
 def set_level(level: str) -> None:

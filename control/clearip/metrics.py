@@ -24,6 +24,13 @@ SIP relay (the relay's own counters, `status --json` `counters`)
 - `clearip_malformed_total`: messages that could not be parsed.
 - `clearip_dropped_untrusted_total`: messages the relay itself dropped from untrusted sources.
 - `clearip_internal_errors_total`: bugs caught at a worker's edge; should stay 0.
+- `clearip_relay_dropped_total{reason}`: messages the relay dropped or refused besides the
+  above, by reason: "indialog_refused" (an untrusted source's in-dialog request outside a
+  dialog of its own, or routed elsewhere), "stun_untrusted" (a STUN keepalive from an
+  untrusted source), "response_forged" (a response from somewhere its request did not go),
+  "response_unmatched" (a response for no transaction).
+- `clearip_indialog_unknown_total`: in-dialog INVITEs from trusted sources for a dialog this
+  proxy does not hold (relayed, as after a restart; a rise means something skips ClearIP).
 - `clearip_calls_active` (gauge): calls in progress (set up, or answered and not yet ended).
 - `clearip_final_responses_total{code}`: final responses sent to callers, by status code.
 - `clearip_attestation_total{level}`: STIR/SHAKEN attestation of routed calls ("A", "B", "C",
@@ -35,6 +42,8 @@ SIP relay (the relay's own counters, `status --json` `counters`)
 ClearIP link and fast path
 - `clearip_upstream_up` (gauge): 1 when every worker's ClearIP link is connected, else 0.
 - `clearip_fastpath_enabled` (gauge): 1 when the kernel fast path (nftables + eBPF) is loaded.
+- `clearip_fastpath_restored_total`: times the watchdog put back the nft table or a tc filter
+  that someone else removed (`nft flush ruleset`, `tc qdisc del`); should stay 0.
 - `clearip_kernel_passed_packets_total`: packets the fast path passed to the relay, all sources.
 - `clearip_kernel_dropped_untrusted_packets_total`: packets the fast path dropped from untrusted
   sources, all sources.
@@ -130,6 +139,16 @@ def _num(value: object) -> float:
     return float(value)
 
 
+def _labelled(
+    name: str, doc: str, label: str, status: Mapping[str, Any], key: str
+) -> CounterMetricFamily:
+    """One counter per entry of the status table `key`, labelled by the entry's name."""
+    metric = CounterMetricFamily(name, doc, labels=[label])
+    for value, n in sorted(_table(status.get(key)).items(), key=lambda kv: str(kv[0])):
+        metric.add_metric([str(value)], _num(n))
+    return metric
+
+
 def _table(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
@@ -194,26 +213,23 @@ class StatusCollector(Collector):
         active.add_metric([], _num(counters.get("calls_active")))
         yield active
 
-        finals = CounterMetricFamily(
-            "clearip_final_responses", "Final responses sent to callers", labels=["code"]
+        yield _labelled(
+            "clearip_final_responses", "Final responses sent to callers", "code", status, "finals"
         )
-        for code, n in sorted(_table(status.get("finals")).items(), key=lambda kv: str(kv[0])):
-            finals.add_metric([str(code)], _num(n))
-        yield finals
-
-        attestation = CounterMetricFamily(
-            "clearip_attestation", "STIR/SHAKEN attestation levels of calls", labels=["level"]
+        yield _labelled(
+            "clearip_attestation",
+            "STIR/SHAKEN attestation levels of calls",
+            "level",
+            status,
+            "attestation",
         )
-        for level, n in sorted(_table(status.get("attestation")).items(), key=lambda kv: kv[0]):
-            attestation.add_metric([str(level)], _num(n))
-        yield attestation
-
-        verstat = CounterMetricFamily(
-            "clearip_verstat", "STIR/SHAKEN verification status of inbound calls", labels=["status"]
+        yield _labelled(
+            "clearip_verstat",
+            "STIR/SHAKEN verification status of inbound calls",
+            "status",
+            status,
+            "verstat",
         )
-        for value, n in sorted(_table(status.get("verstat")).items(), key=lambda kv: kv[0]):
-            verstat.add_metric([str(value)], _num(n))
-        yield verstat
 
         upstream = GaugeMetricFamily("clearip_upstream_up", "1 when the ClearIP link is connected")
         state = _table(status.get("upstream")).get("state")
@@ -223,6 +239,26 @@ class StatusCollector(Collector):
         fastpath = GaugeMetricFamily("clearip_fastpath_enabled", "1 when the fast path is loaded")
         fastpath.add_metric([], 1.0 if _table(status.get("fastpath")).get("enabled") else 0.0)
         yield fastpath
+        restored = CounterMetricFamily(
+            "clearip_fastpath_restored",
+            "Times the fast path watchdog put back an nft table or tc filter someone removed",
+        )
+        restored.add_metric([], _num(_table(status.get("fastpath")).get("restored")))
+        yield restored
+
+        yield _labelled(
+            "clearip_relay_dropped",
+            "Messages the relay dropped or refused",
+            "reason",
+            status,
+            "drops",
+        )
+        indialog = CounterMetricFamily(
+            "clearip_indialog_unknown",
+            "Trusted in-dialog INVITEs for a dialog the proxy does not hold (relayed)",
+        )
+        indialog.add_metric([], _num(counters.get("indialog_unknown")))
+        yield indialog
 
         sources = status.get("sources")
         kernels = [

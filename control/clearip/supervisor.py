@@ -16,6 +16,8 @@ import contextlib
 import ipaddress
 import logging
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,17 +25,20 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from clearip import __version__, trust
 from clearip.config import Config, ConfigError, default_config, load_config
 from clearip.ctlsock import ControlError, ControlServer, Handler, OpError
 from clearip.logsetup import set_level
-from clearip.relay.counters import COUNTER_NAMES, SOURCE_COUNTER_NAMES
+from clearip.relay.conncount import make_shared
+from clearip.relay.counters import COUNTER_NAMES, DROP_REASONS, SOURCE_COUNTER_NAMES
 from clearip.relay.tap import TRANSPORTS, check_transports
 from clearip.workerlink import WorkerChannel, WorkerError
 
 __all__ = [
+    "ADDED_STATUS_KEYS",
     "COUNTER_NAMES",
     "KERNEL_COUNTER_NAMES",
     "STATUS_KEYS",
@@ -61,6 +66,9 @@ STABLE_AFTER = 30.0  # a worker that ran this long resets the backoff
 
 # SPEC §6 `status --json`: top-level keys, then every counter, always present even when 0.
 STATUS_KEYS = ("version", "uptime_s", "listeners", "upstream", "fastpath", "counters", "sources")
+# Keys added to the contract since (§6: more keys may be added, none renamed): what the relay
+# dropped by reason, the workers, and the sizes of their tables (for leak watching).
+ADDED_STATUS_KEYS = ("drops", "workers", "workers_restarted", "transactions")
 KERNEL_COUNTER_NAMES = (
     "passed_pkts",
     "passed_bytes",
@@ -205,7 +213,7 @@ def aggregate_stats(stats: Iterable[Mapping[str, Any]], config: Config) -> dict[
 
 
 def status_contract(status: Mapping[str, Any]) -> dict[str, Any]:
-    """Exactly the §6 `status --json` keys, in order, every counter present."""
+    """The §6 `status --json` keys, in order, every counter present, then ADDED_STATUS_KEYS."""
     out = {key: status.get(key) for key in STATUS_KEYS}
     counters: dict[str, Any] = dict.fromkeys(COUNTER_NAMES, 0)
     counters.update(status.get("counters") or {})
@@ -221,6 +229,10 @@ def status_contract(status: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(source, Mapping)
     ]
     out["listeners"] = list(status.get("listeners") or [])
+    out["drops"] = {**dict.fromkeys(DROP_REASONS, 0), **(status.get("drops") or {})}
+    out["workers"] = list(status.get("workers") or [])
+    out["workers_restarted"] = status.get("workers_restarted") or 0
+    out["transactions"] = dict(status.get("transactions") or {})
     return out
 
 
@@ -312,6 +324,12 @@ class Supervisor:
         self._workers: list[_Worker] = []
         # Fixed for the life of the process: a changed relay.workers needs a restart.
         self._count = config.relay.effective_workers()
+        # names this proxy in its workers' Via branches (loop detection), for its whole life
+        self.instance = secrets.token_hex(4)
+        # the workers' hand-off sockets: a directory only this proxy's user may enter
+        self.handoff_dir = Path(config.control.socket).parent / f"handoff-{os.getpid()}"
+        # TCP/TLS connection counts every worker reads, so the limits hold across them
+        self._conncount_fd = make_shared(self._count)
         self._started = time.monotonic()
         self._stop_requested = asyncio.Event()
         self._stopping = False
@@ -375,6 +393,8 @@ class Supervisor:
                     self.config.control.socket,
                 )
                 self._start_metrics()
+                if self.fastpath is not None and self.fastpath.enabled:
+                    self._background(self._watch_fastpath())
                 _sd_notify("READY=1")  # listeners up and the fast path applied (or off)
                 self._slots = [
                     asyncio.create_task(self._keep_running(i), name=f"slot-{i}")
@@ -413,6 +433,13 @@ class Supervisor:
 
     async def _start_workers(self) -> bool:
         loop = asyncio.get_running_loop()
+        try:
+            shutil.rmtree(self.handoff_dir, ignore_errors=True)
+            self.handoff_dir.mkdir(mode=0o700, parents=True)
+            os.chmod(self.handoff_dir, 0o700)  # whatever the umask
+        except OSError as e:
+            log.error("cannot make the workers' hand-off directory %s: %s", self.handoff_dir, e)
+            return False
         for index in range(self._count):
             try:
                 self._workers.append(await self._spawn(index))
@@ -457,12 +484,18 @@ class Supervisor:
             "--index", str(index),
             "--workers", str(self._count),
             "--ctl-fd", str(child.fileno()),
+            "--instance", self.instance,
+            "--handoff-dir", str(self.handoff_dir),
+            "--conncount-fd", str(self._conncount_fd),
         ]  # fmt: skip
         try:
             # process_group=0: a terminal's Ctrl-C reaches the supervisor only, which then
             # stops the workers gracefully instead of having them all die at once.
             proc = subprocess.Popen(
-                argv, pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, process_group=0
+                argv,
+                pass_fds=[child.fileno(), self._conncount_fd],
+                stdin=subprocess.DEVNULL,
+                process_group=0,
             )
         except BaseException:
             parent.close()
@@ -613,6 +646,11 @@ class Supervisor:
         if self.fastpath is not None:
             self.fastpath.stop()  # after the workers: no SIP port is left unguarded meanwhile
             self.fastpath = None
+        shutil.rmtree(self.handoff_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.close(self._conncount_fd)
+        with contextlib.suppress(OSError):
+            os.close(self._conncount_fd)
         await self._ctl.close()
         log.info("proxy stopped")
 
@@ -670,15 +708,40 @@ class Supervisor:
             ):
                 if before != after:
                     log.warning("reload: %s changed; it takes effect at the next restart", key)
-            self.config = new
+            async with self._trust_lock:
+                count = await self._apply_config(old, new)
             set_level(new.control.log_level)
-            count = await self._broadcast("reload", timeout=RELOAD_TIMEOUT, config=new.to_dict())
             log.info(
                 "config reloaded from %s into %d relay workers",
                 self.config_path or "built-in defaults",
                 count,
             )
             return {"config": self.config_path, "workers": count}
+
+    async def _apply_config(self, old: Config, new: Config) -> int:
+        """The new config to every enforcer in one step, undone if any of them fails: the
+        kernel's trusted list first (trust.sources may have changed), then the workers."""
+        try:
+            before = [str(e.cidr) for e in self.trusted_entries()]
+            after = [str(e.cidr) for e in trust.entries(new.trust.sources, new.control.state_dir)]
+        except (OSError, ValueError, KeyError) as e:
+            log.error("reload refused, keeping the running config: trusted list: %s", e)
+            raise OpError(f"trusted list: {e}") from None
+        kernel = self.fastpath is not None and before != after
+        try:
+            if kernel:
+                self.fastpath.set_trusted(after)
+            self.config = new
+            return await self._broadcast("reload", timeout=RELOAD_TIMEOUT, config=new.to_dict())
+        except Exception as e:
+            log.error("reload failed, rolling back to the running config: %s", e)
+            self.config = old
+            with contextlib.suppress(Exception):
+                await self._broadcast("reload", timeout=RELOAD_TIMEOUT, config=old.to_dict())
+            if kernel:
+                with contextlib.suppress(Exception):
+                    self.fastpath.set_trusted(before)
+            raise OpError(f"reload not applied (rolled back): {e}") from None
 
     async def status(self) -> dict[str, Any]:
         """The §6 status (see `status_contract`) plus `workers`, `workers_restarted` and the
@@ -703,7 +766,7 @@ class Supervisor:
             "upstream": merged["upstream"],
             "fastpath": self._fastpath_status(),
             "counters": merged["counters"],
-            "sources": self._with_kernel_counters(merged["sources"]),
+            "sources": await self._with_kernel_counters(merged["sources"]),
             **{k: v for k, v in merged.items() if k not in _OWN_KEYS},
             "workers": [
                 {
@@ -727,12 +790,13 @@ class Supervisor:
         status: dict[str, Any] = self.fastpath.status()
         return status
 
-    def _with_kernel_counters(self, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _with_kernel_counters(self, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Put the eBPF per-source counters next to the relay's (and list the sources only the
-        kernel saw: the untrusted ones it dropped before the relay could)."""
+        kernel saw: the untrusted ones it dropped before the relay could). The map is read on
+        a thread: at 65k sources it takes long enough to stall calls on the loop."""
         if self.fastpath is None:
             return sources
-        kernel = self.fastpath.sources()
+        kernel = await asyncio.to_thread(self.fastpath.sources)
         if not kernel:
             return sources
         trusted = _trust_check(self.config)
@@ -762,7 +826,7 @@ class Supervisor:
     def _start_fastpath(self) -> bool:
         from clearip.fastpath.manager import FastPathManager, FastPathRequired
 
-        manager = FastPathManager(self.config)
+        manager = FastPathManager(self.config, self._count)
         try:
             manager.start([str(e.cidr) for e in self.trusted_entries()])
         except FastPathRequired as e:
@@ -770,6 +834,24 @@ class Supervisor:
             return False
         self.fastpath = manager
         return True
+
+    async def _watch_fastpath(self) -> None:
+        """Keep the kernel side as it should be: pinholes closed and re-armed in time, and
+        whatever someone removed (nft table, tc filter) or added (an interface) seen to within
+        a couple of seconds (SPEC §5)."""
+        from clearip.fastpath.manager import WATCHDOG_INTERVAL
+
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL)
+            fastpath = self.fastpath
+            if fastpath is None or self._stopping:
+                return
+            try:
+                found = await asyncio.to_thread(fastpath.probe)
+                fastpath.after_probe(found)
+                fastpath.tick()
+            except Exception:  # a bug here must not end the watch for good
+                log.exception("fast path watchdog")
 
     def _worker_pinhole(self, worker: _Worker, ip: str, is_open: bool) -> None:
         """A worker's first call to next hop `ip` began, or its last one ended (SPEC §5)."""

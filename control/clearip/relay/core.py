@@ -659,14 +659,16 @@ class ProxyCore:
     def _from_next_hop(rec: TxRecord, flow: Flow) -> bool:
         """A response is accepted only from where its request went: over the ClearIP link for
         ClearIP, from the same address and port over UDP (we always send `rport`, so an RFC
-        3581 server answers from there), from the same address over TCP/TLS."""
+        3581 server answers from there), from the same address over a TCP/TLS connection."""
         target = rec.target
         if target.upstream:
             return flow.upstream and flow.conn == target.conn
-        if flow.upstream or flow.transport != target.transport:
+        if flow.upstream:
             return False
-        if flow.transport == "udp":
-            return flow.remote[0] == rec.dest and flow.remote[1] == target.port
+        if target.transport == "udp" or flow.transport == "udp":  # a UDP source is spoofable
+            return flow.transport == target.transport and flow.remote == (rec.dest, target.port)
+        # TCP or TLS: only the host itself can complete a handshake from its address (a peer
+        # may answer over another connection of its own, even a TLS one for a TCP request)
         return flow.remote[0] == rec.dest
 
 

@@ -1,7 +1,11 @@
 """Passing a message to the worker that owns its call (datagrams between relay workers).
 
-Every worker binds an abstract Unix datagram socket named after the supervisor and its index.
-A worker that reads a message belonging to another sends it there with the flow it came on.
+Every worker binds a Unix datagram socket `<index>.sock` in a directory the supervisor made
+for this run, mode 0700: only the proxy's own user can send there, so nobody else can hand a
+worker a message "from" a trusted switch. (The abstract socket names of before had no
+permissions at all: any local user could inject SIP as a trusted source, or bind a name first
+and read the hand-offs.) A worker that reads a message belonging to another sends it there
+with the flow it came on.
 A Unix datagram queue is short (net.unix.max_dgram_qlen, often 10), so a burst must wait in a
 local queue until the owner drains its socket: handling the message locally instead would split
 a call across workers, and peers that answer to the address a call started from would then
@@ -11,7 +15,9 @@ answer the wrong worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -25,8 +31,8 @@ MAX_PENDING = 20000
 MAX_PACKET = 70000  # a SIP message (65535) plus the flow header
 
 
-def socket_name(group: int, index: int) -> bytes:
-    return f"\0clearip-{group}-{index}".encode()
+def socket_path(directory: str, index: int) -> str:
+    return os.path.join(directory, f"{index}.sock")
 
 
 def encode(data: bytes, flow: Flow) -> bytes:
@@ -44,19 +50,22 @@ class Handoff:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        group: int,
+        directory: str,
         index: int,
         deliver: Callable[[bytes, Flow], None],
     ) -> None:
         self.loop = loop
-        self.group = group
+        self.directory = directory
         self.index = index
         self.deliver = deliver  # handles a message in this worker
         self.peers: dict[int, socket.socket] = {}
         self.pending: dict[int, deque[bytes]] = {}
         self.overflow = 0  # handled locally because a peer was gone or far behind
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(socket_name(group, index))
+        path = socket_path(directory, index)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # this worker's previous life
+        self.sock.bind(path)
         self.sock.setblocking(False)
         loop.add_reader(self.sock.fileno(), self._readable)
 
@@ -96,7 +105,7 @@ class Handoff:
             peer.setblocking(False)
             try:
                 # connected, so that poll() reports when the owner's queue has room
-                peer.connect(socket_name(self.group, owner))
+                peer.connect(socket_path(self.directory, owner))
             except OSError:
                 peer.close()
                 return None

@@ -3,6 +3,11 @@
 Thin asyncio protocols: bytes in are framed into messages (sip.framing) and handed to a
 callback with the connection's id; bytes out are written as they come. Which connection a
 response or request uses is the worker's decision (`ConnectionTable`).
+
+A peer cannot make a connection hold the relay's memory or its slot for ever: what it will not
+read is bounded (`MAX_WRITE_BUFFER`, then the connection is aborted and the sends fail like
+any transport error), a close it does not complete becomes an abort after `CLOSE_GRACE`, and
+idleness is measured from its last whole message, so a byte now and then keeps nothing open.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import socket
 from collections.abc import Callable
 
+from clearip.relay.conncount import ConnCounts
 from clearip.sip.errors import SipProtocolError
 from clearip.sip.framing import PING, PONG_BYTES, StreamFramer
 
@@ -21,6 +27,12 @@ log = logging.getLogger("clearip.streams")
 _conn_ids = itertools.count(1)
 
 MessageCallback = Callable[["StreamConnection", bytes], None]
+
+# Bytes waiting for a peer that does not read (a zero window): past this the connection is
+# aborted. Many messages' worth, so a burst toward a slow but live peer passes.
+MAX_WRITE_BUFFER = 1024 * 1024
+CLOSE_GRACE = 5.0  # a close() the peer does not let finish becomes an abort after this
+PARTIAL_TIMEOUT = 32.0  # a message begun and not completed for this long: the peer is stuck
 
 
 class StreamConnection(asyncio.Protocol):
@@ -50,13 +62,14 @@ class StreamConnection(asyncio.Protocol):
         self.closed = False
         self.tls_version: str | None = None
         self.counted = False  # accepted and counted against its source's limit
+        self.on_drop: Callable[[str], None] | None = None  # counts why it was cut (a reason)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment] - uvloop's is only alike
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
-        self.remote = (_plain_ip(peer[0]), peer[1]) if peer else ("", 0)
-        self.local = (_plain_ip(sock[0]), sock[1]) if sock else ("", 0)
+        self.remote = (plain_ip(peer[0]), peer[1]) if peer else ("", 0)
+        self.local = (plain_ip(sock[0]), sock[1]) if sock else ("", 0)
         ssl_obj = transport.get_extra_info("ssl_object")
         self.tls_version = ssl_obj.version() if ssl_obj is not None else None
         self.last_activity = asyncio.get_running_loop().time()
@@ -68,7 +81,6 @@ class StreamConnection(asyncio.Protocol):
                 pass
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = asyncio.get_running_loop().time()
         framer = self.framer
         framer.feed(data)
         while True:
@@ -77,13 +89,17 @@ class StreamConnection(asyncio.Protocol):
             except SipProtocolError as e:
                 # a stream that cannot be framed cannot be resynchronised: close it
                 log.info("closing %s connection from %s:%d: %s", self.name, *self.remote, e.reason)
-                self.close()
+                self._dropped("framing")
+                self.abort()
                 return
             if event is None:
                 # the side that pings takes a lone CRLF held at the end as the pong
                 if self.on_pong is not None and framer.flush_pong():
+                    self.last_activity = asyncio.get_running_loop().time()
                     self.on_pong(self)
                 return
+            # activity is a whole message or keepalive, not a byte: a trickle keeps nothing
+            self.last_activity = asyncio.get_running_loop().time()
             if isinstance(event, bytes):
                 self.on_message(self, event)
             elif event is PING:
@@ -95,14 +111,40 @@ class StreamConnection(asyncio.Protocol):
                 return
 
     def write(self, data: bytes) -> bool:
-        if self.closed or self.transport is None or self.transport.is_closing():
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
             return False
-        self.transport.write(data)
+        if transport.get_write_buffer_size() + len(data) > MAX_WRITE_BUFFER:
+            log.info(
+                "aborting %s connection to %s:%d: it has not read %d bytes",
+                self.name,
+                *self.remote,
+                transport.get_write_buffer_size(),
+            )
+            self._dropped("tcp_write_overflow")
+            self.abort()
+            return False
+        transport.write(data)
         return True
 
     def close(self) -> None:
+        """Close gracefully, and abort if the peer has not let it finish in CLOSE_GRACE."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+            asyncio.get_running_loop().call_later(CLOSE_GRACE, self.abort)
+
+    def abort(self) -> None:
+        """Drop the connection now, unsent bytes and all (RST)."""
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def stuck(self, now: float) -> bool:
+        """A message begun and not finished for PARTIAL_TIMEOUT."""
+        return self.framer.buffered > 0 and now - self.last_activity > PARTIAL_TIMEOUT
+
+    def _dropped(self, reason: str) -> None:
+        if self.on_drop is not None:
+            self.on_drop(reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed:
@@ -110,30 +152,43 @@ class StreamConnection(asyncio.Protocol):
             self.on_close(self)
 
 
-def _plain_ip(host: str) -> str:
+def plain_ip(host: str) -> str:
     # IPv4-mapped IPv6 from dual-stack sockets: report the IPv4 address operators know
     return host[7:] if host.startswith("::ffff:") and "." in host else host
 
 
 class ConnectionTable:
-    """Open stream connections by id and by (transport, remote address), for reuse."""
+    """Open stream connections by id and by (transport, remote address), for reuse.
 
-    def __init__(self, max_per_source: int) -> None:
+    Accepted connections count against `max_per_source` and `max_total` over every worker
+    (`ConnCounts`); the ones we open toward next hops do not.
+    """
+
+    def __init__(self, max_per_source: int, max_total: int, counts: ConnCounts) -> None:
         self.by_id: dict[int, StreamConnection] = {}
         self.by_addr: dict[tuple[str, str, int], StreamConnection] = {}
-        self.per_source: dict[str, int] = {}
         self.max_per_source = max_per_source
+        self.max_total = max_total
+        self.counts = counts
 
-    def admit(self, conn: StreamConnection) -> bool:
-        """Count an accepted connection against its source's limit (SPEC §3 limits)."""
-        ip = conn.remote[0]
-        n = self.per_source.get(ip, 0)
-        if n >= self.max_per_source:
-            return False
-        self.per_source[ip] = n + 1
-        conn.counted = True
-        self.add(conn)
-        return True
+    def reserve(self, ip: str) -> str | None:
+        """Count a connection from `ip` being accepted (SPEC §3 limits), before its TLS
+        handshake; the limit it would break, or None. Its StreamConnection carries
+        `counted`, and remove() gives the slot back."""
+        if self.counts.total() >= self.max_total:
+            return "max_tcp_connections"
+        if self.counts.of_source(ip) >= self.max_per_source:
+            return "max_tcp_per_source"
+        self.counts.add(ip, 1)
+        return None
+
+    def admit(self, conn: StreamConnection) -> str | None:
+        """reserve() and add() in one step."""
+        limit = self.reserve(conn.remote[0])
+        if limit is None:
+            conn.counted = True
+            self.add(conn)
+        return limit
 
     def add(self, conn: StreamConnection) -> None:
         self.by_id[conn.id] = conn
@@ -144,18 +199,21 @@ class ConnectionTable:
         key = (conn.name, *conn.remote)
         if self.by_addr.get(key) is conn:
             del self.by_addr[key]
-        ip = conn.remote[0]
-        if conn.counted and ip in self.per_source:
-            self.per_source[ip] -= 1
-            if self.per_source[ip] <= 0:
-                del self.per_source[ip]
+        if conn.counted:
+            conn.counted = False
+            self.counts.add(conn.remote[0], -1)
 
     def find(self, transport: str, host: str, port: int) -> StreamConnection | None:
         conn = self.by_addr.get((transport, host, port))
         return conn if conn is not None and not conn.closed else None
 
     def close_idle(self, now: float, idle: float) -> int:
-        stale = [c for c in self.by_id.values() if now - c.last_activity > idle]
+        """Close connections idle for `idle` seconds (no whole message); abort the stuck."""
+        stale = [c for c in self.by_id.values() if now - c.last_activity > idle or c.stuck(now)]
         for conn in stale:
-            conn.close()
+            if conn.stuck(now):
+                conn._dropped("tcp_stuck")
+                conn.abort()
+            else:
+                conn.close()
         return len(stale)

@@ -1,9 +1,10 @@
 """The persistent link to ClearIP (SPEC §3 "Upstream link").
 
 `clearip.connections` TCP or TLS connections per worker, opened at start and kept: RFC 5626
-CRLF pings every `clearip.keepalive` seconds plus TCP keepalive; only a failed write or the
-kernel's keepalive timeout closes a connection (a missing pong is logged). A closed connection
-is re-resolved and reconnected with capped exponential backoff.
+CRLF pings every `clearip.keepalive` seconds plus TCP keepalive; only a failed write, the
+kernel's keepalive timeout or data unacknowledged for `clearip.timeout` (TCP_USER_TIMEOUT)
+closes a connection (a missing pong is logged). A closed connection is re-resolved and
+reconnected with capped exponential backoff.
 """
 
 from __future__ import annotations
@@ -160,6 +161,13 @@ class UpstreamLink:
                 if self.source_ip and (":" in self.source_ip) == (family == socket.AF_INET6):
                     sock.bind((self.source_ip, 0))
                 set_keepalive(sock, cfg.keepalive)
+                # A black-holed ClearIP (no RST, nothing acked) would look connected for the
+                # ~15 minutes of TCP's retransmissions, every call waiting the full timeout:
+                # unacknowledged data (a keepalive ping, an INVITE) now ends the link after
+                # `timeout`, so a black hole is seen within keepalive + timeout.
+                sock.setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, int(cfg.timeout * 1000))
+                )
                 await asyncio.wait_for(loop.sock_connect(sock, addr), CONNECT_TIMEOUT)
                 _, conn = await asyncio.wait_for(
                     loop.create_connection(

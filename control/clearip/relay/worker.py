@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import logging
-import os
 import re
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -29,13 +30,15 @@ from time import perf_counter
 from typing import Any
 
 from clearip.config import Config, ConfigError, HostPort, load_config
-from clearip.hep import HepSink, resolve_collector
+from clearip.hep import HepSink
+from clearip.relay.conncount import ConnCounts
 from clearip.relay.core import ProxyCore
 from clearip.relay.counters import Counters
 from clearip.relay.events import PRIVATE_PORT_OFFSET, Address, Flow, Send
 from clearip.relay.handoff import Handoff
+from clearip.relay.resolver import Resolver
 from clearip.relay.routing import is_ip_literal
-from clearip.relay.streams import ConnectionTable, StreamConnection
+from clearip.relay.streams import ConnectionTable, StreamConnection, plain_ip
 from clearip.relay.tap import SocketSink, TapRecord
 from clearip.relay.upstream import UpstreamLink
 from clearip.sip.stun import binding_request, binding_success
@@ -44,6 +47,9 @@ from clearip.trust import TrustList, load_state
 log = logging.getLogger("clearip.worker")
 
 IDLE_SWEEP_INTERVAL = 10.0
+TLS_HANDSHAKE_TIMEOUT = 10.0
+REFUSAL_LOG_INTERVAL = 60.0
+HEP_RESOLVE_INTERVAL = 60.0
 
 _CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
 _OUR_BRANCH = re.compile(rb"branch=z9hG4bK\.cip(\d+)\.")
@@ -101,18 +107,34 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 class Worker:
     """Implements the core's Environment and moves bytes between sockets and the core."""
 
-    def __init__(self, config: Config, index: int, workers: int, config_path: str | None):
+    def __init__(
+        self,
+        config: Config,
+        index: int,
+        workers: int,
+        config_path: str | None,
+        instance: str | None = None,
+        handoff_dir: str = "",
+        conncount_fd: int | None = None,
+    ):
         self.config = config
         self.config_path = config_path
         self.index = index
         self.workers = workers
         self.counters = Counters()
-        self.core = ProxyCore(config, self, self.counters, worker=index)
+        self.core = ProxyCore(config, self, self.counters, worker=index, instance=instance)
         self.trust = TrustList()
         self.udp: dict[Address, UdpEndpoint] = {}  # by local address
         self.private: dict[int, UdpEndpoint] = {}  # address family -> this worker's own socket
-        self.streams = ConnectionTable(config.limits.max_tcp_per_source)
-        self.servers: list[asyncio.AbstractServer] = []
+        self.streams = ConnectionTable(
+            config.limits.max_tcp_per_source,
+            config.limits.max_tcp_connections,
+            ConnCounts(conncount_fd, workers, index),
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_refusal_log = -REFUSAL_LOG_INTERVAL
+        self._refusals_suppressed = 0
+        self.listen_socks: list[socket.socket] = []  # TCP/TLS listeners (accepted by hand)
         self.link: UpstreamLink | None = None
         self.listeners: list[dict[str, str]] = []
         self.local_ips: set[str] = set()
@@ -121,9 +143,11 @@ class Worker:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.handoff: Handoff | None = None
+        self.handoff_dir = handoff_dir  # the supervisor's private directory for hand-offs
         self.link_to_supervisor: Any = None  # WorkerLink, once the supervisor is connected
         self._route_cache: dict[str, str] = {}
-        self._resolved: dict[str, str] = {}
+        self.resolver = Resolver()
+        self._tls_clients: dict[tuple[bool, str], ssl.SSLContext] = {}
         self._tls_server: ssl.SSLContext | None = None
         self._stop = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -132,6 +156,7 @@ class Worker:
         self.taps: list[Any] = []
         self.hep: HepSink | None = None
         self.hep_configured: tuple[str, int] | None = None
+        self._hep_task: asyncio.Task[None] | None = None
         # the sockets this worker binds at start; a reload keeps them (and so these)
         listen = config.listen
         self._listen_by_transport = {"udp": listen.udp, "tcp": listen.tcp, "tls": listen.tls}
@@ -216,6 +241,7 @@ class Worker:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         cfg = self.config
+        self.pinhole_maps = open_pinhole_maps(cfg)  # before any listener: accept asks it
         self.local_ips = local_addresses()
         if cfg.listen.advertise is not None:
             self.local_ips.add(cfg.listen.advertise.host)
@@ -240,8 +266,8 @@ class Worker:
             self._tls_server = server_tls_context(cfg)
             for lst in cfg.listen.tls:
                 await self._open_stream_server("tls", (lst.host, lst.port), self._tls_server)
-        if self.workers > 1:
-            self.handoff = Handoff(self.loop, os.getppid(), self.index, self._receive)
+        if self.workers > 1 and self.handoff_dir:
+            self.handoff = Handoff(self.loop, self.handoff_dir, self.index, self._receive)
         source = next((t.host for t in cfg.listen.tcp if not _wildcard(t.host)), None)
         self.link = UpstreamLink(
             cfg.clearip,
@@ -252,9 +278,8 @@ class Worker:
             source_ip=source,
         )
         self.link.start()
-        self.pinhole_maps = open_pinhole_maps(cfg)
         self._set_hep(cfg)
-        self.loop.create_task(self._sweep_idle())
+        self._spawn(self._sweep_idle())
 
     async def _open_udp(self, local: Address, *, shared: bool) -> UdpEndpoint:
         assert self.loop is not None
@@ -292,36 +317,96 @@ class Worker:
         sock.bind(local)
         sock.listen(1024)
         sock.setblocking(False)
-        server = await self.loop.create_server(
-            lambda: self._new_stream(name),
-            sock=sock,
-            ssl=tls,
-            ssl_handshake_timeout=10.0 if tls else None,
-        )
-        self.servers.append(server)
+        self.listen_socks.append(sock)
+        self._spawn(self._accept_loop(name, sock, tls))
         self.listeners.append({"transport": name, "address": str(HostPort(*local))})
 
-    def _new_stream(self, name: str) -> StreamConnection:
+    async def _accept_loop(
+        self, name: str, sock: socket.socket, tls: ssl.SSLContext | None
+    ) -> None:
+        """Accept by hand rather than with a server: each connection is checked and counted
+        the moment it is accepted, before any TLS handshake (which is work a refused source
+        must not get, and which must count against the limits while it runs)."""
+        assert self.loop is not None
+        while True:
+            try:
+                client, addr = await self.loop.sock_accept(sock)
+            except OSError as e:  # out of fds (EMFILE) and the like: breathe, go on
+                log.warning("accepting %s connections: %s", name, e)
+                await asyncio.sleep(0.1)
+                continue
+            self._accepted(name, client, (plain_ip(addr[0]), addr[1]), tls)
+
+    def _accepted(
+        self,
+        name: str,
+        client: socket.socket,
+        remote: Address,
+        tls: ssl.SSLContext | None,
+    ) -> None:
+        ip = remote[0]
+        # With the fast path on, the kernel has judged this source already (trusted, or a
+        # pinhole the supervisor holds); without it, the relay's own list and pinholes decide.
+        if self.pinhole_maps is None and not (self.is_trusted(ip) or self.core.is_pinholed(ip)):
+            self.counters.inc("dropped_untrusted")
+            self._refused_log(f"refusing {name} connection from untrusted {ip}")
+            _reset(client)
+            return
+        limit = self.streams.reserve(ip)
+        if limit is not None:
+            self.counters.drop(limit)
+            self._refused_log(f"refusing {name} connection from {ip}: {limit} reached")
+            _reset(client)
+            return
         conn = StreamConnection(
             name,
             self._on_stream_message,
             self._on_stream_closed,
             self.config.limits.max_message_bytes,
         )
-        original = conn.connection_made
+        conn.on_drop = self.counters.drop
+        conn.counted = True
+        conn.remote = remote
+        self._spawn(self._start_stream(conn, client, tls))
 
-        def made(transport: asyncio.BaseTransport) -> None:
-            original(transport)
-            if not self.streams.admit(conn):
-                log.warning(
-                    "refusing %s connection from %s: max_tcp_per_source reached",
-                    name,
-                    conn.remote[0],
-                )
-                conn.close()
+    async def _start_stream(
+        self, conn: StreamConnection, client: socket.socket, tls: ssl.SSLContext | None
+    ) -> None:
+        assert self.loop is not None
+        try:
+            await self.loop.connect_accepted_socket(
+                lambda: conn,
+                client,
+                ssl=tls,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls is not None else None,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
+            log.debug("%s connection from %s:%d failed to start: %s", conn.name, *conn.remote, e)
+            if tls is not None:
+                self.counters.drop("tls_handshake")
+            self.streams.remove(conn)  # frees its reserved slot
+            client.close()
+            return
+        self.streams.add(conn)
 
-        conn.connection_made = made  # type: ignore[method-assign]
-        return conn
+    def _refused_log(self, line: str) -> None:
+        """Refusals are logged at most once a minute (a flood must not drown the call log)."""
+        now = time.monotonic()
+        if now - self._last_refusal_log >= REFUSAL_LOG_INTERVAL:
+            suppressed = self._refusals_suppressed
+            self._last_refusal_log = now
+            self._refusals_suppressed = 0
+            more = f" (and {suppressed} more refusals in the last minute)" if suppressed else ""
+            log.warning("%s%s", line, more)
+        else:
+            self._refusals_suppressed += 1
+
+    def _spawn(self, coro: Any) -> None:
+        """A task this worker keeps until it ends, and cancels when it stops."""
+        assert self.loop is not None
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def stop(self, grace: float) -> None:
         """Graceful stop: no new calls; calls being set up get their answers, then exit."""
@@ -331,8 +416,8 @@ class Worker:
         deadline = loop.time() + grace
         while core.calls and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        for server in self.servers:
-            server.close()
+        for sock in self.listen_socks:
+            sock.close()
         if self.link is not None:
             await self.link.stop()
         for conn in list(self.streams.by_id.values()):
@@ -342,6 +427,10 @@ class Worker:
                 ep.transport.close()
         if self.handoff is not None:
             self.handoff.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._stop.set()
 
     async def wait_stopped(self) -> None:
@@ -469,10 +558,9 @@ class Worker:
         target = item.target
         host = target.host
         if not is_ip_literal(host):
-            resolved = self._resolved.get(host)
+            resolved = self.resolver.cached(host)
             if resolved is None:
-                assert self.loop is not None
-                self.loop.create_task(self._resolve_and_send(item))
+                self._spawn(self._resolve_and_send(item))
                 return
             host = resolved
             self.core.resolved(item.token, host)  # pinholed before the send (SPEC §5)
@@ -491,17 +579,15 @@ class Worker:
             self._tap("out", "udp", ep.local, (host, target.port), item.data)
 
     async def _resolve_and_send(self, item: Send) -> None:
-        assert self.loop is not None
         try:
-            infos = await self.loop.getaddrinfo(
-                item.target.host, item.target.port, type=socket.SOCK_DGRAM
-            )
-            self._resolved[item.target.host] = infos[0][4][0]
-        except OSError:
+            await self.resolver.resolve(item.target.host, item.target.port)
+        except OSError as e:
+            log.info("cannot resolve next hop %s: %s", item.target.host, e)
             self._failed(item)
             self._flush()
             return
         self._send(item)
+        self._flush()
 
     def _send_stream(self, item: Send) -> None:
         target = item.target
@@ -509,7 +595,14 @@ class Worker:
         if target.conn is not None:
             conn = self.streams.by_id.get(target.conn)
         if conn is None or conn.closed:
-            conn = self.streams.find(target.transport, target.host, target.port)
+            # a connection is found by the address it goes to, so a next hop named by host
+            # reuses one connection instead of opening one per request
+            host = target.host
+            if not is_ip_literal(host):
+                host = self.resolver.cached(host) or host
+            conn = self.streams.find(target.transport, host, target.port)
+            if conn is not None:
+                self.core.resolved(item.token, conn.remote[0])
         if conn is not None and conn.write(item.data):
             if self.taps:
                 self._tap("out", conn.name, conn.local, conn.remote, item.data)
@@ -520,39 +613,41 @@ class Worker:
             pending.append(item)
             return
         self._pending_connects[key] = [item]
-        assert self.loop is not None
-        self.loop.create_task(self._connect(key))
+        self._spawn(self._connect(key))
 
     async def _connect(self, key: tuple[str, str, int]) -> None:
         assert self.loop is not None
         transport, host, port = key
-        tls = None
-        if transport == "tls":
-            tls = ssl.create_default_context()
-            tls.check_hostname = False  # next hops are addressed by IP; verified by trust list
-            tls.verify_mode = ssl.CERT_NONE
         try:
-            _, conn = await asyncio.wait_for(
-                self.loop.create_connection(
-                    lambda: StreamConnection(
-                        transport,
-                        self._on_stream_message,
-                        self._on_stream_closed,
-                        self.config.limits.max_message_bytes,
+            address = host
+            if not is_ip_literal(host):
+                address = await self.resolver.resolve(host, port, socket.SOCK_STREAM)
+            conn = self.streams.find(transport, address, port)  # made while we resolved
+            if conn is None:
+                tls = self._next_hop_tls(host) if transport == "tls" else None
+                _, conn = await asyncio.wait_for(
+                    self.loop.create_connection(
+                        lambda: StreamConnection(
+                            transport,
+                            self._on_stream_message,
+                            self._on_stream_closed,
+                            self.config.limits.max_message_bytes,
+                        ),
+                        address,
+                        port,
+                        ssl=tls,
+                        server_hostname=host if tls is not None else None,
                     ),
-                    host,
-                    port,
-                    ssl=tls,
-                ),
-                5.0,
-            )
+                    5.0,
+                )
+                conn.on_drop = self.counters.drop
+                self.streams.add(conn)
         except (TimeoutError, OSError, ssl.SSLError) as e:
             log.info("cannot connect to %s:%s over %s: %s", host, port, transport, e)
             for item in self._pending_connects.pop(key, []):
                 self._failed(item)
             self._flush()
             return
-        self.streams.add(conn)
         for item in self._pending_connects.pop(key, []):
             self.core.resolved(item.token, conn.remote[0])
             if not conn.write(item.data):
@@ -560,6 +655,22 @@ class Worker:
             elif self.taps:
                 self._tap("out", conn.name, conn.local, conn.remote, item.data)
         self._flush()
+
+    def _next_hop_tls(self, host: str) -> ssl.SSLContext:
+        """TLS toward a next hop: verified against the system store (or routing.tls_ca_file),
+        its name or address checked, unless the config exempts that host (a private link)."""
+        routing = self.config.routing
+        exempt = host in routing.tls_verify_exempt
+        key = (exempt, routing.tls_ca_file)
+        ctx = self._tls_clients.get(key)
+        if ctx is None:
+            ctx = ssl.create_default_context(cafile=routing.tls_ca_file or None)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            if exempt:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            self._tls_clients[key] = ctx
+        return ctx
 
     # -- tap ---------------------------------------------------------------------------------------
 
@@ -581,7 +692,11 @@ class Worker:
         dead = False
         for sink in self.taps:
             if sink.wants(transport):
-                sink.emit(record)
+                try:
+                    sink.emit(record)
+                except Exception:  # a copy is never worth the message itself
+                    sink.dropped += 1
+                    log.debug("tap copy failed", exc_info=True)
                 dead = dead or sink.dead
         if dead:
             for sink in [s for s in self.taps if s.dead]:
@@ -600,24 +715,47 @@ class Worker:
     def _set_hep(self, config: Config) -> None:
         """Start, move or stop HEP3 export to match `control.hep` (at start and on reload)."""
         want = config.control.hep
+        target = (want.host, want.port) if want is not None else None
+        if target == self.hep_configured:
+            return
+        self.hep_configured = target
+        if self._hep_task is not None:
+            self._hep_task.cancel()
+            self._hep_task = None
         if self.hep is not None:
-            if want is not None and (want.host, want.port) == self.hep_configured:
-                return
             self.taps.remove(self.hep)
             self.hep.close()
             self.hep = None
-        if want is None:
-            return
-        try:
-            address = resolve_collector(want.host, want.port)
-        except OSError as e:
-            log.error("HEP export off: cannot resolve collector %s:%d: %s", want.host, want.port, e)
-            return
-        self.hep = HepSink(address)
-        self.hep_configured = (want.host, want.port)
-        self.taps.append(self.hep)
-        if self.index == 0:
-            log.info("HEP3 export to %s:%d", *address)
+        if target is not None:
+            assert self.loop is not None
+            self._hep_task = self.loop.create_task(self._follow_collector(*target))
+            self._tasks.add(self._hep_task)
+            self._hep_task.add_done_callback(self._tasks.discard)
+
+    async def _follow_collector(self, host: str, port: int) -> None:
+        """Resolve the collector without blocking, now and every HEP_RESOLVE_INTERVAL, and
+        point the export at whatever it resolves to (a collector that moves is followed)."""
+        assert self.loop is not None
+        failing = False
+        while True:
+            try:
+                infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+                address = (str(infos[0][4][0]), int(infos[0][4][1]))
+                if self.hep is None:
+                    self.hep = HepSink(address)
+                    self.taps.append(self.hep)
+                    if self.index == 0:
+                        log.info("HEP3 export to %s:%d", *address)
+                elif self.hep.address != address:
+                    self.hep.retarget(address)
+                    if self.index == 0:
+                        log.info("HEP3 collector %s now at %s:%d", host, *address)
+                failing = False
+            except OSError as e:
+                if not failing and self.index == 0:
+                    log.error("HEP export: cannot resolve collector %s:%d: %s", host, port, e)
+                failing = True
+            await asyncio.sleep(HEP_RESOLVE_INTERVAL)
 
     def _failed(self, item: Send) -> None:
         if item.token is not None:
@@ -658,6 +796,13 @@ class Worker:
         await self.stop(grace)
 
 
+def _reset(sock: socket.socket) -> None:
+    """Close with a RST (SO_LINGER 0): a refused peer holds nothing of ours, not even TIME_WAIT."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
 def open_pinhole_maps(cfg: Config) -> Any:
     """The pinhole maps the supervisor's fast path pinned, or None when it is off (the
     supervisor loads it before starting any worker)."""
@@ -677,6 +822,7 @@ def server_tls_context(cfg: Config) -> ssl.SSLContext:
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_RENEGOTIATION  # a client-driven CPU sink, and never needed
     if cfg.listen.tls_cert:
         ctx.load_cert_chain(cfg.listen.tls_cert, cfg.listen.tls_key)
     else:
@@ -692,7 +838,15 @@ async def _amain(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    worker = Worker(config, args.index, args.workers, args.config or None)
+    worker = Worker(
+        config,
+        args.index,
+        args.workers,
+        args.config or None,
+        args.instance or None,
+        args.handoff_dir,
+        args.conncount_fd,
+    )
     try:
         await worker.start()
     except OSError as e:
@@ -704,8 +858,14 @@ async def _amain(args: argparse.Namespace) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []  # kept: a task nobody holds may be collected
+
+    def on_signal() -> None:
+        if not stopping:
+            stopping.append(loop.create_task(worker.stop(0.0)))
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: loop.create_task(worker.stop(0.0)))
+        loop.add_signal_handler(sig, on_signal)
     link = None
     if args.ctl_fd is not None:
         link = WorkerLink(args.ctl_fd, worker)
@@ -722,6 +882,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--ctl-fd", type=int, default=None)
+    parser.add_argument("--instance", default="", help="this proxy's id in our Via branches")
+    parser.add_argument("--handoff-dir", default="", help="private directory of hand-off sockets")
+    parser.add_argument("--conncount-fd", type=int, default=None, help="shared connection counts")
     args = parser.parse_args(argv)
     from clearip.logsetup import setup_logging
 
