@@ -44,11 +44,13 @@ def request(
     to_tag: str = "sw-tag",
     route: str = "<sip:10.0.0.1:5060;lr>",
     src: tuple[str, int] = PROV_B,
+    branch: str = "",
 ) -> bytes:
     route_line = f"Route: {route}\r\n" if route else ""
+    branch = branch or f"z9hG4bK-{method.lower()}-rogue"
     return (
         f"{method} {uri} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP {src[0]}:{src[1]};branch=z9hG4bK-{method.lower()}-rogue\r\n"
+        f"Via: SIP/2.0/UDP {src[0]}:{src[1]};branch={branch}\r\n"
         f"{route_line}"
         f"From: <sip:+12025550123@10.0.0.1;user=phone>;tag={from_tag}\r\n"
         f"To: <sip:+18005550199@{ELSEWHERE}>;tag={to_tag}\r\n"

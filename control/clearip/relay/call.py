@@ -96,6 +96,7 @@ class Call:
         "source",
         "stage",
         "started",
+        "timer",
         "waiting_for_link",
     )
 
@@ -108,6 +109,7 @@ class Call:
         self.started = now
         self.stage = "new"
         self.deadline: float | None = None
+        self.timer = None  # its place in the core's timer heap (ProxyCore.arm)
         self.answered = False
         self.cancelled = False
         self.cancel_pending = False  # CANCEL owed to ClearIP once it sends a provisional
@@ -124,6 +126,11 @@ class Call:
         self.failovers = 0
         self.emergency = False
         self.log = CallLog()
+
+    def _set_deadline(self, when: float | None) -> None:
+        """The call's own timer (ClearIP, provider, ring, CANCEL guard): set and (re)armed."""
+        self.deadline = when
+        self.core.arm(self)
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -173,8 +180,7 @@ class Call:
             self._final(cfg.on_failure, "ClearIP unavailable", now)
             return
         if self.deadline is None:
-            self.deadline = now + cfg.timeout
-            core.arm(self)
+            self._set_deadline(now + cfg.timeout)
         self._send_to_clearip(target, now)
 
     def _send_to_clearip(self, target: Target, now: float) -> None:
@@ -232,7 +238,7 @@ class Call:
         core.counters.clearip_rtt(rtt)
         if self.cancelled:
             return  # the caller already has its 487
-        self.deadline = None
+        self._set_deadline(None)
         status = resp.status
         contacts = resp.contacts if 300 <= status < 400 else []
         if isinstance(contacts, list) and contacts:
@@ -330,8 +336,7 @@ class Call:
         branch = Branch(cand, target)
         self.branch = branch
         self.log.next_hops.append(f"{target.host}:{target.port}")
-        self.deadline = now + core.config.routing.provider_timeout
-        core.arm(self)
+        self._set_deadline(now + core.config.routing.provider_timeout)
         branch.rec = core.start_client_tx(req, target, self, "branch", now, data=branch)
 
     def _on_branch_response(self, rec: TxRecord, resp: Response, now: float) -> None:
@@ -347,20 +352,19 @@ class Call:
                 if self.cancelled or self.answered:
                     self._cancel(branch, now)
                     return
-                self.deadline = now + core.config.routing.ring_timeout
-                core.arm(self)
+                self._set_deadline(now + core.config.routing.ring_timeout)
             if status > 100:
                 self._relay(resp, now, final=False)
             return
         if status < 300:
             if not branch.answered:
                 branch.answered = True
-                self.deadline = None
+                self._set_deadline(None)
                 core.dialog_started(self, resp, rec)
             self._relay(resp, now)  # retransmitted 2xx are relayed too (RFC 6026)
             return
         branch.answered = True
-        self.deadline = None
+        self._set_deadline(None)
         self.last_final = resp
         if not self.cancelled and core.config.routing.is_failover(status):
             self._next_branch(now)
@@ -413,14 +417,13 @@ class Call:
                 # the provider answers the INVITE with 487, which is relayed; a guard timer
                 # answers it ourselves if that never comes
                 self._cancel(branch, now)
-                self.deadline = now + 64 * 0.5
-                self.core.arm(self)
+                self._set_deadline(now + 64 * 0.5)
             else:
                 branch.abandoned = True
                 self._final(487, "Request Terminated", now)
 
     def on_timer(self, now: float) -> None:
-        self.deadline = None
+        self._set_deadline(None)
         if self.answered:
             return
         core = self.core
@@ -485,7 +488,7 @@ class Call:
                     pass
             core.abandon(rec)
         self.clearip = None
-        self.deadline = None
+        self._set_deadline(None)
         try:
             if not self.answered:
                 self._final(500, "Server Internal Error", now)
@@ -520,7 +523,7 @@ class Call:
             return
         self.answered = True
         self.stage = "done"
-        self.deadline = None
+        self._set_deadline(None)
         core = self.core
         core.counters.setup_time((now - self.started) * 1000.0)
         if not 200 <= status < 300:  # an answered call stays active as a dialog until BYE

@@ -14,7 +14,7 @@ pinhole would make the proxy an open relay to anywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from clearip.relay.events import Flow, Target
 from clearip.relay.routing import target_for_uri
@@ -46,6 +46,7 @@ class Dialog:
     caller_hop: Target | None  # where the callee's requests must go: the caller's side
     deadline: float | None
     source: str  # the caller's IP: its calls_active is counted down when the dialog ends
+    timer: Any = None  # its place in the core's timer heap (ProxyCore.arm)
 
 
 def caller_hop(invite: Request) -> Target | None:

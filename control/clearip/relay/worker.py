@@ -856,7 +856,7 @@ async def _amain(args: argparse.Namespace) -> int:
     # collect the young generation less often (each call allocates a few hundred objects).
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(20_000, 10, 10)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []  # kept: a task nobody holds may be collected
 
