@@ -48,6 +48,7 @@ class FakeEnv:
     def __init__(self, trusted_prefix: str = "10.0.0.") -> None:
         self.trusted_prefix = trusted_prefix
         self.pinholes: list[tuple[str, bool]] = []
+        self.notices: list[tuple[str, dict[str, object]]] = []
 
     def via_address(self, transport: str, dest_host: str) -> Address:
         return ("10.0.0.1", 5061 if transport == "tls" else 5060)
@@ -63,6 +64,9 @@ class FakeEnv:
 
     def pinhole(self, host: str, is_open: bool) -> None:
         self.pinholes.append((host, is_open))
+
+    def notice(self, kind: str, detail: dict[str, object]) -> None:
+        self.notices.append((kind, detail))
 
 
 @dataclass

@@ -137,3 +137,55 @@ def test_a_bug_when_a_call_starts_still_answers(monkeypatch: pytest.MonkeyPatch)
     rig.feed(invite(), SWITCH)
     assert finals_to_switch(rig) == [500]
     assert drained(rig)
+
+
+def options(extra: str = "", uri: str = "sip:10.0.0.1:5060") -> bytes:
+    return (
+        f"OPTIONS {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.11:5060;branch=z9hG4bK-opt\r\n"
+        f"From: <sip:ping@10.0.0.11>;tag=p\r\nTo: <sip:10.0.0.1>\r\nCall-ID: ping\r\n"
+        f"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(options("X-Note: a\x00b\r\n"), id="nul-in-value"),
+        pytest.param(options("X-Note: a\x1b[2Jb\r\n"), id="escape-in-value"),
+        pytest.param(options("User-Agent: x\x7f\r\n"), id="del-in-value"),
+        pytest.param(options(uri="sip:@@@:abc;;;>"), id="unparsable-request-uri"),
+    ],
+)
+def test_bad_input_gets_400_even_for_options(data: bytes) -> None:
+    """Issue 12: both got 200 OK on main (downstream C parsers truncate at NUL)."""
+    rig = Rig()
+    resp = only(rig.feed(data, SWITCH), to=SWITCH)
+    assert isinstance(resp, Response) and resp.status == 400
+    assert rig.counters.values["malformed"] == 1
+
+
+def test_every_drop_is_counted_with_its_reason() -> None:
+    """Issue 12: these dropped silently on main."""
+    from tests.test_core_indialog import request
+
+    rig = Rig()
+    rig.from_clearip(request("BYE", src=("10.0.0.2", 5061)))
+    ack = request("ACK", uri="sip:b@10.0.0.14:5060", to_tag="", src=SWITCH)
+    rig.feed(ack.replace(b";tag=\r\n", b"\r\n"), SWITCH)
+    dead = request("ACK", uri="sip:b@10.0.0.14:5060", to_tag="t", src=SWITCH)
+    rig.feed(dead.replace(b"Max-Forwards: 70", b"Max-Forwards: 0"), SWITCH)
+    assert rig.counters.drops == {"upstream_request": 1, "ack_unmatched": 1, "max_forwards": 1}
+    assert rig.sent == []
+
+
+def test_not_registered_hint_is_throttled() -> None:
+    rig = Rig()
+    for n in range(3):
+        to_ci = start_call(rig, call_id=f"nr-{n}", branch=f"z9hG4bK-nr-{n}")
+        rig.from_clearip(response_to(to_ci, 404, "Not Found", to_tag="ci"))
+        rig.advance(10)
+    assert rig.core.env.notices == [("not_registered", {"status": 404})]
+    rig.advance(60)
+    to_ci = start_call(rig, call_id="nr-late", branch="z9hG4bK-nr-late")
+    rig.from_clearip(response_to(to_ci, 403, "Forbidden", to_tag="ci"))
+    assert rig.core.env.notices[-1] == ("not_registered", {"status": 403})

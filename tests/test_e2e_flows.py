@@ -10,6 +10,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -134,6 +135,15 @@ def test_486_relayed_without_failover(lab: Lab) -> None:
     res = lab.call("uac_expect_486.xml", OUTBOUND)
     assert (res.successful, res.failed) == (1, 0), res
     assert a.wait().successful == 1
+
+
+def test_not_registered_hint_once_a_minute_for_the_whole_proxy(lab: Lab) -> None:
+    """Issue 12: logged once a minute per worker on main (two lines for five calls)."""
+    for _ in range(5):
+        res = lab.call("uac_expect_404.xml", NOT_REGISTERED, calls=2, rate=10)
+        assert res.successful == 2, res
+    log = Path(lab.proxy_proc.log_path).read_text()  # type: ignore[attr-defined]
+    assert log.count("may not be registered as an SBC") == 1, log[-3000:]
 
 
 @pytest.mark.parametrize(

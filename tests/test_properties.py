@@ -236,7 +236,7 @@ def messages(draw: st.DrawFn) -> tuple[bytes, Expected]:
         exp.status = draw(st.integers(100, 699))
         exp.reason = draw(
             st.text(
-                st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]), max_size=20
+                st.characters(blacklist_categories=["Cs", "Cc"]), max_size=20
             )
         ).encode()
         first = b"SIP/2.0 %d " % exp.status + exp.reason
@@ -287,7 +287,7 @@ def messages(draw: st.DrawFn) -> tuple[bytes, Expected]:
         name = "X-" + draw(tokens)
         value = draw(
             st.text(
-                st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]), max_size=20
+                st.characters(blacklist_categories=["Cs", "Cc"]), max_size=20
             )
         ).strip(" \t")
         line = Line(header_key(name), header_line(draw, name, value), extra=value.encode())

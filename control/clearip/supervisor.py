@@ -32,6 +32,7 @@ from clearip import __version__, trust
 from clearip.config import Config, ConfigError, default_config, load_config
 from clearip.ctlsock import ControlError, ControlServer, Handler, OpError
 from clearip.logsetup import set_level
+from clearip.notices import Throttle, log_notice
 from clearip.relay.conncount import make_shared
 from clearip.relay.counters import COUNTER_NAMES, DROP_REASONS, SOURCE_COUNTER_NAMES
 from clearip.relay.tap import TRANSPORTS, check_transports
@@ -348,6 +349,7 @@ class Supervisor:
         }
         # live `capture --decrypted` sockets -> transports; handed to restarted workers too
         self._taps: dict[str, list[str]] = {}
+        self._notices = Throttle()  # the workers' warnings, once a minute for the proxy
         self._trust_lock = asyncio.Lock()
         # The kernel fast path (nftables + eBPF), when it is loaded: set by the fast-path
         # manager; None means the relay's own check is the only enforcer.
@@ -522,6 +524,11 @@ class Supervisor:
                 log.info("relay %s ready", worker.name)
         elif event.get("event") == "pinhole" and isinstance(event.get("ip"), str):
             self._worker_pinhole(worker, event["ip"], bool(event.get("open")))
+        elif event.get("event") == "notice" and isinstance(event.get("kind"), str):
+            kind = event["kind"]
+            if self._notices.allow(kind, time.monotonic()):
+                detail = {k: v for k, v in event.items() if k not in ("event", "kind")}
+                log_notice(logging.getLogger("clearip.relay"), kind, detail)
         else:
             log.debug("relay %s: event %r ignored", worker.name, event.get("event"))
 

@@ -38,10 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("clearip.calls")
 warn_log = logging.getLogger("clearip.relay")
 
-# 404/403 from ClearIP usually means this proxy's address is not registered with ClearIP as an
-# SBC; the hint is logged at most this often (SPEC §3).
-REGISTRATION_HINT_INTERVAL = 60.0
-
 # The verification status ClearIP puts in P-Asserted-Identity for inbound calls (ATIS-1000074
 # `verstat` URI parameter, e.g. TN-Validation-Passed), counted for SPEC §6's mix; a token of
 # bounded length, so odd input cannot grow the table with junk keys.
@@ -260,13 +256,8 @@ class Call:
 
     def _registration_hint(self, status: int, now: float) -> None:
         core = self.core
-        if now - core._last_4xx_warning >= REGISTRATION_HINT_INTERVAL:
-            core._last_4xx_warning = now
-            warn_log.warning(
-                "ClearIP answered %d: this proxy's public address may not be registered as an "
-                "SBC in the ClearIP portal (check listen.advertise and the ClearIP account)",
-                status,
-            )
+        if core.notices.allow("not_registered", now):
+            core.env.notice("not_registered", {"status": status})
 
     # -- provider stage --------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from clearip.config import Config, HostPort
+from clearip.notices import Throttle
 from clearip.relay.counters import Counters
 from clearip.relay.events import Address, Flow, Send, Target
 from clearip.relay.routing import default_port, is_ip_literal
@@ -68,6 +69,10 @@ class Environment(Protocol):
 
     def pinhole(self, host: str, is_open: bool) -> None:
         """This worker's first call to next hop `host` began, or its last one ended."""
+        ...
+
+    def notice(self, kind: str, detail: dict[str, object]) -> None:
+        """A warning for the operator (clearip.notices), throttled for the whole proxy."""
         ...
 
 
@@ -135,7 +140,7 @@ class ProxyCore:
         self.link_conns: list[int] = []  # ClearIP link connections that are up
         self._link_rr = 0
         self.draining = False  # shutting down: no new calls
-        self._last_4xx_warning = -1e9
+        self.notices = Throttle()  # warnings for the operator, at most once a minute each
         self.pinholes: dict[str, int] = {}  # next-hop IP -> calls/dialogs using it
         self.dialogs: dict[str, Any] = {}  # Call-ID -> Dialog, for calls this worker set up
 
@@ -216,6 +221,9 @@ class ProxyCore:
                 msg.check_response_routing()
             else:
                 msg.check()
+                # whatever the method (an OPTIONS is answered by us, but what it names must
+                # still be a URI): an unparsable Request-URI is a 400 (RFC 3261 §16.3)
+                parse_uri_shared(msg.uri.decode("utf-8", "surrogateescape"))
         except SipProtocolError as e:
             self._malformed(data, flow, e)
             return
@@ -428,7 +436,8 @@ class ProxyCore:
         from clearip.relay.dialog import Relay
 
         if flow.upstream:
-            return  # ClearIP never sends us requests; ignore rather than act on them
+            self.counters.drop("upstream_request")  # ClearIP never sends us requests
+            return
         key = server_key(req)
         rec = self.server_txs.get(key)
         if rec is not None:  # a retransmission, or the ACK of a non-2xx final
@@ -450,6 +459,8 @@ class ProxyCore:
             # an ACK matching no transaction is for a 2xx: end-to-end, forwarded statelessly
             if in_dialog:
                 Relay.forward_ack(self, req, flow, now, only_to)
+            else:
+                self.counters.drop("ack_unmatched")  # for no INVITE of ours: nowhere to go
             return
         # Transaction limit (SPEC §3 limits): new calls stop at max_transactions; what ends or
         # keeps up calls already admitted (CANCEL of a call, in-dialog requests) has a tenth
@@ -660,7 +671,7 @@ class ProxyCore:
         if flow.upstream or not self.env.is_trusted(flow.remote[0]):
             return
         try:
-            msg = parse_message(data, framed=flow.transport != "udp")
+            msg = parse_message(data, framed=flow.transport != "udp", check_controls=False)
         except SipProtocolError:
             return
         if not isinstance(msg, Request) or msg.method == "ACK":

@@ -37,6 +37,16 @@ DROP_REASONS = (
     "response_forged",  # a response from somewhere its request did not go
     "response_unmatched",  # a response for no transaction of ours (never forwarded blindly)
     "transaction_limit",  # a request answered 503: limits.max_transactions reached
+    "upstream_request",  # a request from ClearIP, which only ever answers
+    "ack_unmatched",  # an ACK with no To tag and no INVITE transaction to absorb it
+    "max_forwards",  # an ACK with Max-Forwards 0 (a request would get 483)
+    "hangup_impossible",  # a late 2xx we cannot ACK and BYE (no usable Contact or route)
+    "max_tcp_per_source",  # TCP/TLS refused at accept: the source holds its limit
+    "max_tcp_connections",  # TCP/TLS refused at accept: the relay holds its limit
+    "tls_handshake",  # a TLS client that did not finish its handshake in time
+    "tcp_write_overflow",  # a peer that stopped reading: connection aborted
+    "tcp_stuck",  # a message begun and never finished: connection aborted
+    "framing",  # a stream that could not be framed: connection closed
 )
 
 # A spoofed flood must not grow the per-source table without bound; sources past this many are

@@ -155,6 +155,7 @@ class Relay:
             core._refuse_in_dialog(req, flow, f"ACK routed to {target.host}:{target.port}")
             return
         if fwd.max_forwards == 0:
+            core.counters.drop("max_forwards")  # an ACK gets no 483: it is dropped, counted
             return
         fwd.decrement_max_forwards()
         core.add_via(fwd, target)
@@ -195,6 +196,7 @@ def hang_up(core: ProxyCore, rec: TxRecord, resp: Response, now: float) -> None:
     invite = rec.tx.request
     contacts = resp.contacts
     if not isinstance(contacts, list) or not contacts:
+        core.counters.drop("hangup_impossible")  # a 2xx with no Contact to send the BYE to
         return
     # our route set toward the callee: the Record-Route entries it added after ours, reversed
     route_set: list[str] = []
@@ -208,9 +210,10 @@ def hang_up(core: ProxyCore, rec: TxRecord, resp: Response, now: float) -> None:
     try:
         uri = parse_uri(hop_uri)
         if not isinstance(uri, SipUri):
-            return
+            raise SipProtocolError("not a SIP URI")
         target = target_for_uri(uri)
     except SipProtocolError:
+        core.counters.drop("hangup_impossible")
         return
     to_line = resp.get("to") or b""
     from_line = invite.get("from") or b""

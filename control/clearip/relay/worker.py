@@ -31,6 +31,7 @@ from typing import Any
 
 from clearip.config import Config, ConfigError, HostPort, load_config
 from clearip.hep import HepSink
+from clearip.notices import log_notice
 from clearip.relay.conncount import ConnCounts
 from clearip.relay.core import ProxyCore
 from clearip.relay.counters import Counters
@@ -227,6 +228,12 @@ class Worker:
                 log.warning("fast path: cannot open the pinhole for %s: %s", host, e)
         if self.link_to_supervisor is not None:
             self.link_to_supervisor.send_event({"event": "pinhole", "ip": host, "open": is_open})
+
+    def notice(self, kind: str, detail: dict[str, object]) -> None:
+        if self.link_to_supervisor is not None:  # the supervisor logs it once for all workers
+            self.link_to_supervisor.send_event({"event": "notice", "kind": kind, **detail})
+        else:
+            log_notice(log, kind, detail)
 
     def apply_trust(self) -> None:
         nets = list(self.config.trust.sources)
@@ -852,11 +859,14 @@ async def _amain(args: argparse.Namespace) -> int:
     except OSError as e:
         log.error("worker %d cannot open its sockets: %s", args.index, e)
         return 1
-    # What start-up made lives as long as the worker: keep it out of every collection, and
-    # collect the young generation less often (each call allocates a few hundred objects).
+    # What start-up made lives as long as the worker: keep it out of every collection. A call
+    # leaves no reference cycle behind (tests/test_core_memory.py: refcounting frees it), so
+    # the young generations are collected less often (each call allocates a few hundred
+    # objects) and a full collection, which would stall the loop over every live call for
+    # a fraction of a second, is left to the rare cycles of the asyncio side.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(20_000, 10, 10)
+    gc.set_threshold(50_000, 20, 1000)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []  # kept: a task nobody holds may be collected
 

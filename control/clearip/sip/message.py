@@ -8,6 +8,7 @@ on first use and cached until the next edit.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -519,8 +520,12 @@ def parse_message(
     max_bytes: int = limits.MAX_MESSAGE_BYTES,
     max_headers: int = limits.MAX_HEADERS,
     framed: bool = False,
+    check_controls: bool = True,
 ) -> Request | Response:
     """Parse one SIP message.
+
+    `check_controls=False` lets control characters in the header section through: only to
+    read the Via of a message already refused, to send it its 400.
 
     `framed=True` means a stream framer already cut the message at its Content-Length, so the
     body is exactly what follows the blank line. For a datagram (`framed=False`) the body is cut
@@ -575,6 +580,10 @@ def parse_message(
     crlfs = len(raw_lines) - 1
     if head.count(b"\n") != crlfs or head.count(b"\r") != crlfs:
         raise SipProtocolError("bare CR or LF in the header section")
+    if check_controls and _CONTROL.search(head) is not None:
+        # RFC 3261 §25.1 allows none in a header; a NUL would truncate the value in the C
+        # parsers of the elements we pass it to, so they and we would disagree on it
+        raise SipProtocolError("control character in the header section")
     msg = _parse_start_line(first_line, lines, keys, body)
     if not framed:
         declared = _content_length(msg)
@@ -588,6 +597,10 @@ def parse_message(
     elif (declared := _content_length(msg)) is not None and declared != len(body):
         raise SipProtocolError("Content-Length does not match the framed body")
     return msg
+
+
+# Control characters other than HTAB, CR and LF (bare CR/LF are refused on their own).
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _folded_header_lines(raw_lines: list[bytes], max_headers: int) -> tuple[list[bytes], list[str]]:
