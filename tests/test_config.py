@@ -75,6 +75,7 @@ max_transactions = 100000
 max_tcp_per_source = 256
 max_tcp_connections = 8192  # added beyond §4 (issue 11): accepted TCP/TLS, all workers
 tcp_idle_timeout = 600.0
+overload_lag = 0.04       # added beyond §4 (issue 12): a worker this late refuses new calls
 
 [control]
 socket = "/run/clearip/control.sock"
@@ -154,6 +155,7 @@ max_transactions = 5000
 max_tcp_per_source = 32
 max_tcp_connections = 1000
 tcp_idle_timeout = 120.0
+overload_lag = 0.1
 
 [control]
 socket = "/run/clearip-b/control.sock"

@@ -83,3 +83,26 @@ def test_an_answered_call_can_still_hang_up_when_full() -> None:
         "BYE", uri="sip:b@10.0.0.14:5060", from_tag="sw-tag", to_tag="uas-tag", src=SWITCH
     )
     assert only(rig.feed(bye, SWITCH), to=PROV_B).method == "BYE"
+
+
+def test_overloaded_worker_refuses_new_calls_at_once_but_not_emergencies() -> None:
+    """Overload control (issue 12): past its knee the relay answers new calls 503 with
+    Retry-After, statelessly, and keeps serving what it admitted."""
+    rig = Rig()
+    to_b = only(rig.from_clearip(redirect(start_call(rig), CONTACTS)), to=PROV_B)
+    for n in range(60):  # the loop stays a second late: admission control starts
+        if rig.core.overload.beat(rig.now + n * 0.01, 1.0) == "on":
+            break
+    assert rig.core.overload.active
+    resp = only(rig.feed(invite(call_id="late", branch="z9hG4bK-late"), SWITCH), to=SWITCH)
+    assert resp.status == 503 and resp.get("retry-after") == b"1"
+    assert rig.counters.drops["overload"] == 1
+    asked = [m for m in msgs(rig.sent, upstream=True) if getattr(m, "method", "") == "INVITE"]
+    assert len(asked) == 1  # only the admitted call ever reached ClearIP
+    # the admitted call goes on
+    ok = response_to(to_b, 200, "OK", mirror_rr=True, extra="Contact: <sip:b@10.0.0.14:5060>")
+    assert only(rig.feed(ok, PROV_B), to=SWITCH).status == 200
+    # an emergency call is never refused for overload (here: 503 by emergency_action)
+    sos = rig.feed(invite(number="911", call_id="sos", branch="z9hG4bK-sos"), SWITCH)
+    assert [m.status for m in msgs(sos, to=SWITCH)] == [100, 503]
+    assert rig.counters.values["emergency_bypass"] == 1

@@ -147,7 +147,7 @@ def _trust_check(config: Config) -> Callable[[str], bool]:
 # Keys of a worker's stats reply merged field by field below; any other table of numbers is
 # merged generically, so a worker can report more without a supervisor change.
 _OWN_KEYS = frozenset({"counters", "sources", "listeners", "upstream"})
-_WORST_OF = frozenset({"latency", "clearip_rtt_ms"})
+_WORST_OF = frozenset({"latency", "clearip_rtt_ms", "overload"})
 
 
 def aggregate_stats(stats: Iterable[Mapping[str, Any]], config: Config) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from clearip.config import Config, HostPort
 from clearip.notices import Throttle
 from clearip.relay.counters import Counters
 from clearip.relay.events import Address, Flow, Send, Target
-from clearip.relay.routing import default_port, is_ip_literal
+from clearip.relay.overload import OverloadControl
+from clearip.relay.routing import default_port, is_emergency, is_ip_literal
 from clearip.sip.errors import SipProtocolError
 from clearip.sip.headers import Via
 from clearip.sip.message import Request, Response, build_response, parse_message
@@ -140,6 +141,8 @@ class ProxyCore:
         self.link_conns: list[int] = []  # ClearIP link connections that are up
         self._link_rr = 0
         self.draining = False  # shutting down: no new calls
+        # past the knee: new calls beyond what the worker keeps up with get 503 at once
+        self.overload = OverloadControl(config.limits.overload_lag)
         self.notices = Throttle()  # warnings for the operator, at most once a minute each
         self.pinholes: dict[str, int] = {}  # next-hop IP -> calls/dialogs using it
         self.dialogs: dict[str, Any] = {}  # Call-ID -> Dialog, for calls this worker set up
@@ -493,6 +496,14 @@ class ProxyCore:
         if method == "INVITE":
             if self.draining:
                 self.reply_stateless(req, flow, 503, "Shutting Down", [("Retry-After", "2")])
+                return
+            if not self.overload.admit(now) and not is_emergency(
+                req, self.config.routing.emergency_numbers
+            ):
+                # behind: a new call gets its 503 now, statelessly, so the switch
+                # route-advances at once; calls already admitted keep the relay's time
+                self.counters.drop("overload")
+                self.reply_stateless(req, flow, 503, "Overloaded", [("Retry-After", "1")])
                 return
             if self._is_loop(req):
                 self.reply_stateless(req, flow, 482, "Loop Detected")

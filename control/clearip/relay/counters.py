@@ -47,6 +47,7 @@ DROP_REASONS = (
     "tcp_write_overflow",  # a peer that stopped reading: connection aborted
     "tcp_stuck",  # a message begun and never finished: connection aborted
     "framing",  # a stream that could not be framed: connection closed
+    "overload",  # a new call answered 503 at once: the worker was behind (limits.overload_lag)
 )
 
 # A spoofed flood must not grow the per-source table without bound; sources past this many are
@@ -115,6 +116,7 @@ class Counters:
         # trusted in-dialog INVITEs for a dialog this proxy does not hold (relayed: a restart
         # loses the table), shown so an operator sees attempts to skip ClearIP
         self.values["indialog_unknown"] = 0
+        self.values["overload_periods"] = 0  # times a worker fell behind (overload control)
         self.drops: dict[str, int] = {}  # messages the relay dropped or refused, by reason
         self.max_sources = max_sources
         self.sources: dict[str, dict[str, int]] = {}

@@ -51,6 +51,7 @@ IDLE_SWEEP_INTERVAL = 10.0
 TLS_HANDSHAKE_TIMEOUT = 10.0
 REFUSAL_LOG_INTERVAL = 60.0
 HEP_RESOLVE_INTERVAL = 60.0
+OVERLOAD_TICK = 0.01  # the event-loop heartbeat of overload control
 
 _CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
 _OUR_BRANCH = re.compile(rb"branch=z9hG4bK\.cip(\d+)\.")
@@ -133,6 +134,7 @@ class Worker:
             ConnCounts(conncount_fd, workers, index),
         )
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._lag_max = 0.0
         self._last_refusal_log = -REFUSAL_LOG_INTERVAL
         self._refusals_suppressed = 0
         self.listen_socks: list[socket.socket] = []  # TCP/TLS listeners (accepted by hand)
@@ -287,6 +289,7 @@ class Worker:
         self.link.start()
         self._set_hep(cfg)
         self._spawn(self._sweep_idle())
+        self._spawn(self._watch_lag())
 
     async def _open_udp(self, local: Address, *, shared: bool) -> UdpEndpoint:
         assert self.loop is not None
@@ -522,16 +525,30 @@ class Worker:
         assert self.loop is not None
         return self.loop.time()
 
-    def _on_timer(self) -> None:
+    async def _watch_lag(self) -> None:
+        """Overload control (relay/overload.py): a heartbeat every OVERLOAD_TICK tells the
+        core how late the event loop runs."""
         assert self.loop is not None
-        self._timer = None
-        self._timer_at = None
-        try:
-            self.core.on_timer(self.loop.time())
-        except Exception:
-            log.exception("internal error running timers")
-            self.counters.inc("internal_errors")
-        self._flush()
+        loop = self.loop
+        control = self.core.overload
+        while True:
+            expected = loop.time() + OVERLOAD_TICK
+            await asyncio.sleep(OVERLOAD_TICK)
+            now = loop.time()
+            lag = max(0.0, now - expected)
+            self._lag_max = max(self._lag_max, lag)
+            change = control.beat(now, lag)
+            if change == "on":
+                self.counters.inc("overload_periods")
+                log.warning(
+                    "worker %d behind (event loop %.0f ms late): new calls beyond %.0f/s "
+                    "get 503 until it catches up",
+                    self.index,
+                    control.lag * 1000,
+                    control.rate or 0,
+                )
+            elif change == "off":
+                log.warning("worker %d caught up: taking every new call again", self.index)
 
     # -- sending -----------------------------------------------------------------------------------
 
@@ -781,6 +798,14 @@ class Worker:
             "dropped": sum(s.dropped for s in self.taps),
             "hep_sent": self.hep.sent if self.hep is not None else 0,
         }
+        control = self.core.overload
+        snap["overload"] = {
+            "active": int(control.active),
+            "admitted_per_s": round(control.rate or 0.0, 1),  # 0: no limit
+            "lag_ms": round(control.lag * 1000.0, 1),  # smoothed
+            "lag_ms_max": round(self._lag_max * 1000.0, 1),  # since the last stats
+        }
+        self._lag_max = 0.0
         snap["transactions"] = {
             "server": len(self.core.server_txs),
             "client": len(self.core.client_txs),
@@ -793,6 +818,7 @@ class Worker:
         """New routing, trust, timeouts and limits apply to new calls; sockets stay as they are."""
         self.config = config
         self.core.config = config
+        self.core.overload.bound = config.limits.overload_lag
         self.apply_trust()
         self._set_hep(config)
 

@@ -1,0 +1,83 @@
+"""Overload control: past its knee a worker takes the calls it can and refuses the rest at once.
+
+Sans-IO. The worker reports how late its event loop runs (`beat(now, lag)`, every few ms) and
+every new call asks `admit(now)`. While the loop keeps up, every call is admitted. When the
+smoothed lag passes `bound`, admission becomes a token bucket at a little under the rate of new
+calls offered over the last second, cut by DECREASE each STEP while the lag stays high and
+raised by a tenth of the offered rate each STEP once it is back under half the bound (so it is
+back to normal within 3 s of the loop catching up, however low it had to go); the limit is
+lifted when it has grown past what is offered. A refused call costs a parse and a stateless 503: cheap enough
+that refusing the excess keeps the loop on time, so the refused get their 503 at once and the
+admitted calls keep the relay's time (a multiplicative decrease and an additive increase, as
+TCP does with its window).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+SMOOTHING = 0.1  # EWMA weight of one beat's lag: one spike of a burst does not trip it
+STEP = 0.25  # seconds between two changes of the admitted rate
+DECREASE = 0.85
+INCREASE = 0.1  # of the offered rate, per STEP
+WINDOW = 1.0  # seconds of new calls that make the "offered" rate
+BURST = 0.05  # seconds of the admitted rate the bucket may hold
+
+
+class OverloadControl:
+    def __init__(self, bound: float) -> None:
+        self.bound = bound  # seconds of smoothed lag that mean "behind"
+        self.lag = 0.0  # smoothed
+        self.rate: float | None = None  # admitted calls/s; None: no limit
+        self._tokens = 0.0
+        self._filled = 0.0
+        self._changed = -1e9
+        self._arrivals: deque[float] = deque()
+
+    @property
+    def active(self) -> bool:
+        return self.rate is not None
+
+    def offered_rate(self, now: float) -> float:
+        arrivals = self._arrivals
+        while arrivals and arrivals[0] <= now - WINDOW:
+            arrivals.popleft()
+        return len(arrivals) / WINDOW
+
+    def beat(self, now: float, lag: float) -> str | None:
+        """One heartbeat of the event loop, `lag` s late. "on"/"off" when control starts or
+        ends (for the log), else None."""
+        self.lag += SMOOTHING * (lag - self.lag)
+        if now - self._changed < STEP:
+            return None
+        if self.lag > self.bound:
+            self._changed = now
+            if self.rate is None:
+                self.rate = max(1.0, DECREASE * self.offered_rate(now))
+                self._tokens = 0.0  # it is behind already: nothing banked
+                self._filled = now
+                return "on"
+            self.rate = max(1.0, self.rate * DECREASE)
+        elif self.rate is not None and self.lag < self.bound / 2:
+            self._changed = now
+            offered = self.offered_rate(now)
+            self.rate += max(1.0, INCREASE * offered)
+            if self.rate > offered * 1.2:
+                self.rate = None
+                return "off"
+        return None
+
+    def admit(self, now: float) -> bool:
+        """A new call arrives: True to take it, False to refuse it now (503)."""
+        self._arrivals.append(now)
+        if len(self._arrivals) > 100_000:  # a flood must not grow the window without bound
+            self._arrivals.popleft()
+        rate = self.rate
+        if rate is None:
+            return True
+        self._tokens = min(max(1.0, rate * BURST), self._tokens + (now - self._filled) * rate)
+        self._filled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False

@@ -1,0 +1,59 @@
+"""Overload control, sans-IO (relay/overload.py): an injected clock and event-loop lag."""
+
+from __future__ import annotations
+
+from clearip.relay.overload import STEP, OverloadControl
+
+
+def drive(
+    ctl: OverloadControl, start: float, seconds: float, offered: float, lag: float
+) -> tuple[int, int]:
+    """Offer `offered` calls/s for `seconds` with the loop `lag` late; (admitted, refused)."""
+    admitted = refused = 0
+    t = start
+    step = 1.0 / offered
+    next_beat = start
+    while t < start + seconds:
+        while next_beat <= t:
+            ctl.beat(next_beat, lag)
+            next_beat += 0.01
+        if ctl.admit(t):
+            admitted += 1
+        else:
+            refused += 1
+        t += step
+    return admitted, refused
+
+
+def test_a_worker_that_keeps_up_admits_everything_despite_spikes() -> None:
+    ctl = OverloadControl(bound=0.04)
+    t = 0.0
+    for n in range(1000):  # a 60 ms spike every second, 1 ms otherwise
+        assert ctl.beat(t, 0.06 if n % 100 == 0 else 0.001) is None
+        t += 0.01
+    assert not ctl.active
+    admitted, refused = drive(ctl, t, 5, 400, 0.002)
+    assert refused == 0 and admitted >= 1999
+
+
+def test_behind_it_admits_under_the_offered_rate_and_refuses_the_rest() -> None:
+    ctl = OverloadControl(bound=0.04)
+    drive(ctl, 0, 2, 800, 0.001)  # a second of history at 800/s
+    admitted, refused = drive(ctl, 2, 3, 800, 0.2)  # then far behind
+    assert ctl.active and ctl.rate is not None and ctl.rate < 800 * 0.9
+    assert refused > 0 and admitted > 0
+
+
+def test_it_climbs_back_and_lifts_the_limit_once_the_loop_is_on_time() -> None:
+    ctl = OverloadControl(bound=0.04)
+    drive(ctl, 0, 2, 800, 0.001)
+    drive(ctl, 2, 3, 800, 0.2)
+    assert ctl.active
+    t = 5.0
+    for _ in range(int(10 / STEP) * 2):  # on time again, the same 800/s offered
+        drive(ctl, t, 0.5, 800, 0.001)
+        t += 0.5
+        if not ctl.active:
+            break
+    assert not ctl.active, ctl.rate
+    assert t < 5.0 + 5.0  # back to normal within 5 s
