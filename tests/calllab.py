@@ -35,6 +35,8 @@ SLOW = "18085550000"  # 302 after 1 s (a CANCEL meanwhile gets 200 + 487)
 VIA_TCP = "12025550300"  # 302 to provider B over TCP
 FOLDED = "12025550400"  # 302 to A, Identity and P-Asserted-Identity folded over two lines
 VIA_TLS = "12025550500"  # 302 to provider B over TLS (port 5061)
+JUST_UNDER = "12025550601"  # 302 to A after 1.1 s: inside clearip.timeout (1.5 s)
+JUST_OVER = "12025550602"  # 302 to A after 1.9 s: past it
 
 RULES = f"""
 [defaults]
@@ -85,6 +87,18 @@ contacts = ["sip:{{number}}@{PROV_B_IP}:5060;transport=tcp"]
 identity = true
 
 [[rule]]
+match = "^\\\\+?{JUST_UNDER}$"
+contacts = ["sip:{{number}}@{PROV_A_IP}:5060"]
+identity = true
+delay = 1.1
+
+[[rule]]
+match = "^\\\\+?{JUST_OVER}$"
+contacts = ["sip:{{number}}@{PROV_A_IP}:5060"]
+identity = true
+delay = 1.9
+
+[[rule]]
 match = "^\\\\+?{VIA_TLS}$"
 contacts = ["sip:{{number}}@{PROV_B_IP}:5061;transport=tls"]
 identity = true
@@ -116,7 +130,7 @@ def status_of(config: Path) -> dict[str, Any]:
 class Lab:
     """The lab of this module: switch, proxy, ClearIP, providers A and B, a rogue host."""
 
-    def __init__(self, net: NetLab, *, control_extra: str = "") -> None:
+    def __init__(self, net: NetLab, *, control_extra: str = "", clearip_extra: str = "") -> None:
         self.net = net
         ip = lambda a: f"{a}/24"  # noqa: E731
         self.proxy = net.add_host("proxy", ip(PROXY_IP), None)
@@ -131,13 +145,7 @@ class Lab:
         self.signing_key = work / "signing.pem"
         self.emu_log = work / "emulator.jsonl"
         (work / "rules.toml").write_text(RULES)
-        self.emulator = self.clearip.popen([
-            PYTHON, str(REPO / "tools" / "clearip_emulator.py"),
-            "--rules", str(work / "rules.toml"), "--listen", f"tls:{CLEARIP_IP}:5061",
-            "--cert", str(self.tls.cert), "--key", str(self.tls.key),
-            "--signing-key", str(self.signing_key), "--log", str(self.emu_log),
-        ])  # fmt: skip
-        self.clearip.wait_tcp(5061, ip=CLEARIP_IP, proc=self.emulator)
+        self.start_emulator()
         self.config = work / "proxy.toml"
         self.config.write_text(f"""
 [listen]
@@ -150,6 +158,7 @@ tls_key = "{self.proxy_tls.key}"
 uri = "sip:{CLEARIP_IP}:5061;transport=tls"
 ca_file = "{self.tls.ca}"
 timeout = 1.5
+{clearip_extra}
 [routing]
 provider_timeout = 2.0
 [trust]
@@ -170,6 +179,17 @@ log_level = "info"
         )
         self.proxy.wait_udp(5060, ip=PROXY_IP, proc=self.proxy_proc)
         self.wait_upstream()
+
+    def start_emulator(self) -> None:
+        """ClearIP over TLS (again, after a test stopped it)."""
+        work = self.net.workdir
+        self.emulator = self.clearip.popen([
+            PYTHON, str(REPO / "tools" / "clearip_emulator.py"),
+            "--rules", str(work / "rules.toml"), "--listen", f"tls:{CLEARIP_IP}:5061",
+            "--cert", str(self.tls.cert), "--key", str(self.tls.key),
+            "--signing-key", str(self.signing_key), "--log", str(self.emu_log),
+        ])  # fmt: skip
+        self.clearip.wait_tcp(5061, ip=CLEARIP_IP, proc=self.emulator)
 
     def status(self) -> dict[str, Any]:
         return status_of(self.config)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from clearip.fastpath.bpf import open_pinned
 from tests.netlab import Host, NetLab, skip_unless_netns
 from tests.sippy_runner import run_sipp, start_sipp
 from tests.test_supervisor import wait_until
@@ -478,6 +480,29 @@ def test_an_interface_that_comes_up_later_is_guarded(lab: Lab) -> None:
     finally:
         lab.proxy.run(["ip", "link", "del", "late0"], check=False)
     wait_for("late0 gone", lambda: "late0" not in lab.status()["fastpath"]["interfaces"])
+
+
+def test_a_killed_supervisor_leaves_the_ports_closed_and_a_restart_takes_over(lab: Lab) -> None:
+    """SIGKILL to the supervisor (issue 12's fault suite): its workers exit, the kernel keeps
+    dropping untrusted sources (filters, table and pins outlive it), and the next start
+    replaces them atomically and serves again."""
+    workers = [w["pid"] for w in lab.status()["workers"]]
+    os.kill(lab.proc.pid, signal.SIGKILL)
+    lab.proc.wait(10)
+    wait_for("the workers gone", lambda: not any(Path(f"/proc/{p}").exists() for p in workers))
+    assert lab.name in lab.proxy.run(["nft", "list", "tables"]).stdout
+    filters = lab.proxy.run(["tc", "filter", "show", "dev", "eth0", "ingress"]).stdout
+    assert "direct-action" in filters
+    with open_pinned(lab.name) as maps:
+        dropped = maps.read_sources().get(ROGUE, {}).get("dropped_untrusted_pkts", 0)
+    assert not lab.options_answered(lab.rogue)
+    with open_pinned(lab.name) as maps:
+        assert maps.read_sources()[ROGUE]["dropped_untrusted_pkts"] > dropped  # still judged
+    lab.start()
+    assert lab.options_answered(lab.switch)
+    assert not lab.options_answered(lab.rogue)
+    filters = lab.proxy.run(["tc", "filter", "show", "dev", "eth0", "ingress"]).stdout
+    assert filters.count("direct-action") == 1
 
 
 def test_stop_leaves_no_table_filter_or_pin(lab: Lab) -> None:

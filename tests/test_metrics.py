@@ -119,6 +119,7 @@ def test_collector_exposes_every_metric() -> None:
         "clearip_kernel_dropped_nonsip_packets_total": 0,
         "clearip_workers": 1,
         "clearip_workers_restarted_total": 3,
+        "clearip_calls_lost_total": 0,
         "clearip_hep_messages_total": 42,
         "clearip_tap_dropped_total": 1,
         # ClearIP round trips 3, 5, 40, 7000 ms: cumulative, in seconds

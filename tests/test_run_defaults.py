@@ -14,6 +14,7 @@ import pytest
 
 from tests.calllab import status_of
 from tests.netlab import NetLab, skip_unless_netns
+from tests.test_supervisor import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -175,6 +176,7 @@ metrics = ""
             proxy.wait_udp(5060, proc=proc)
             (handoff,) = run.glob("handoff-*")
             assert handoff.stat().st_mode & 0o777 == 0o700
+            wait_until(lambda: len(list(handoff.iterdir())) == 2, 15, "both workers' sockets")
             assert sorted(p.name for p in handoff.iterdir()) == ["0.sock", "1.sock"]
             out = subprocess.run(
                 ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",

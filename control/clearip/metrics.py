@@ -12,6 +12,8 @@ Scrape health
   0 when it did not in time (then only this metric is exposed).
 - `clearip_workers` (gauge): relay worker processes that are ready (`relay.workers` when healthy).
 - `clearip_workers_restarted_total`: relay workers restarted after dying.
+- `clearip_calls_lost_total`: calls being set up in a worker when it died (their callers got
+  no answer from the proxy; a retransmitted INVITE starts afresh on the restarted worker).
 
 SIP relay (the relay's own counters, `status --json` `counters`)
 - `clearip_messages_in_total`: SIP messages received on the listeners (not on the ClearIP link).
@@ -303,6 +305,11 @@ class StatusCollector(Collector):
         )
         restarted.add_metric([], _num(status.get("workers_restarted")))
         yield restarted
+        lost = CounterMetricFamily(
+            "clearip_calls_lost", "Calls being set up in relay workers that died"
+        )
+        lost.add_metric([], _num(status.get("calls_lost")))
+        yield lost
 
 
 class MetricsServer:

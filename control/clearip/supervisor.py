@@ -69,7 +69,7 @@ STABLE_AFTER = 30.0  # a worker that ran this long resets the backoff
 STATUS_KEYS = ("version", "uptime_s", "listeners", "upstream", "fastpath", "counters", "sources")
 # Keys added to the contract since (§6: more keys may be added, none renamed): what the relay
 # dropped by reason, the workers, and the sizes of their tables (for leak watching).
-ADDED_STATUS_KEYS = ("drops", "workers", "workers_restarted", "transactions")
+ADDED_STATUS_KEYS = ("drops", "workers", "workers_restarted", "calls_lost", "transactions")
 KERNEL_COUNTER_NAMES = (
     "passed_pkts",
     "passed_bytes",
@@ -233,6 +233,7 @@ def status_contract(status: Mapping[str, Any]) -> dict[str, Any]:
     out["drops"] = {**dict.fromkeys(DROP_REASONS, 0), **(status.get("drops") or {})}
     out["workers"] = list(status.get("workers") or [])
     out["workers_restarted"] = status.get("workers_restarted") or 0
+    out["calls_lost"] = status.get("calls_lost") or 0
     out["transactions"] = dict(status.get("transactions") or {})
     return out
 
@@ -296,6 +297,7 @@ class _Worker:
     exited: asyncio.Future[int]  # the exit status (negative: killed by that signal)
     watcher: asyncio.Task[None] | None = field(default=None, repr=False)
     holes: set[str] = field(default_factory=set)  # next hops its calls are using (pinholes)
+    calls: int = 0  # calls being set up, as it last reported (lost if it dies)
 
     @property
     def is_ready(self) -> bool:
@@ -322,6 +324,7 @@ class Supervisor:
         self.worker_module = worker_module or os.environ.get(WORKER_MODULE_ENV) or WORKER_MODULE
         self.ready_timeout = ready_timeout
         self.workers_restarted = 0
+        self.calls_lost = 0  # calls being set up in workers that died
         self._workers: list[_Worker] = []
         # Fixed for the life of the process: a changed relay.workers needs a restart.
         self._count = config.relay.effective_workers()
@@ -524,6 +527,8 @@ class Supervisor:
                 log.info("relay %s ready", worker.name)
         elif event.get("event") == "pinhole" and isinstance(event.get("ip"), str):
             self._worker_pinhole(worker, event["ip"], bool(event.get("open")))
+        elif event.get("event") == "load":
+            worker.calls = _int(event.get("calls"))
         elif event.get("event") == "notice" and isinstance(event.get("kind"), str):
             kind = event["kind"]
             if self._notices.allow(kind, time.monotonic()):
@@ -550,6 +555,11 @@ class Supervisor:
             if not exit_task.done():
                 exit_task.cancel()
         worker.exited.set_result(returncode)
+        if not self._stopping and worker.calls:
+            # their callers get no answer from us (their switch's INVITE timer route-advances;
+            # an INVITE retransmitted in time starts afresh on the restarted worker)
+            self.calls_lost += worker.calls
+            log.error("relay %s took %d calls being set up with it", worker.name, worker.calls)
         if not worker.ready.done():
             worker.ready.set_result(False)
         self._release_pinholes(worker)  # its calls are gone with it
@@ -786,6 +796,7 @@ class Supervisor:
                 for w in workers
             ],
             "workers_restarted": self.workers_restarted,
+            "calls_lost": self.calls_lost,
             "stopping": self._stopping,
         }
 
@@ -835,7 +846,7 @@ class Supervisor:
 
         manager = FastPathManager(self.config, self._count)
         try:
-            manager.start([str(e.cidr) for e in self.trusted_entries()])
+            manager.start([str(e.cidr) for e in self._starting_entries()])
         except FastPathRequired as e:
             log.error('cannot start: %s (or set fastpath.enabled = "auto")', e)
             return False
@@ -921,7 +932,17 @@ class Supervisor:
     # --- the trusted list (SPEC §2 allow/deny/trusted, §5) ---
 
     def trusted_entries(self) -> list[trust.TrustedEntry]:
+        """The whole list; TrustError when the state file cannot be read."""
         return trust.entries(self.config.trust.sources, self.config.control.state_dir)
+
+    def _starting_entries(self) -> list[trust.TrustedEntry]:
+        """At start, an unreadable state file must not keep the proxy down: the config's part
+        is enforced and the error said loudly (`clearipctl check` says it too)."""
+        try:
+            return self.trusted_entries()
+        except trust.TrustError as e:
+            log.error("%s; until then only trust.sources is trusted", e)
+            return [trust.TrustedEntry(n, "", "config") for n in self.config.trust.sources]
 
     async def _op_allow(self, args: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -946,7 +967,10 @@ class Supervisor:
         return {"cidr": str(cidr), "entries": trust.as_json(new)}
 
     async def _op_trusted(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"entries": trust.as_json(self.trusted_entries())}
+        try:
+            return {"entries": trust.as_json(self.trusted_entries())}
+        except trust.TrustError as e:
+            raise OpError(str(e)) from None
 
     async def _apply_trusted(self, new: list[trust.TrustedEntry]) -> None:
         """One step for every enforcer, in order, undone in reverse if any of them fails:

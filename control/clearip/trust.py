@@ -127,17 +127,22 @@ def state_path(state_dir: str) -> Path:
 
 
 def load_state(state_dir: str) -> list[TrustedEntry]:
-    """Entries from the state file; a missing file is an empty list."""
+    """Entries from the state file; a missing file is an empty list. An unreadable or corrupt
+    one is a TrustError saying which file and what to do (never a half-read list)."""
     path = state_path(state_dir)
     try:
         doc = json.loads(path.read_text())
+        found = [
+            TrustedEntry(normal_network(str(item["cidr"])), str(item.get("note", "")), "state")
+            for item in doc.get("entries", [])
+        ]
     except FileNotFoundError:
         return []
-    found = []
-    for item in doc.get("entries", []):
-        found.append(
-            TrustedEntry(normal_network(str(item["cidr"])), str(item.get("note", "")), "state")
-        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise TrustError(
+            f"the trusted-list state file {path} cannot be read ({e}): fix it or move it away "
+            "(`clearipctl allow` writes a new one)"
+        ) from None
     return found
 
 

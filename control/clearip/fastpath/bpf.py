@@ -1286,10 +1286,15 @@ def remove_all(
     name: str,
     interfaces: Iterable[str] | None = None,
     pin_root: str | os.PathLike[str] = DEFAULT_PIN_ROOT,
+    *,
+    keep_filter: str | None = None,
+    filters_only: bool = False,
 ) -> list[str]:
     """Cleans what a crashed run of fast path `name` left: its tc filters (on `interfaces`, or
     every interface when None) and its pins. Other filters, and clsact, stay. What was removed,
-    one line each."""
+    one line each. `keep_filter` (a filter name) and `filters_only` let a successor that has
+    already attached and pinned sweep what its predecessor left elsewhere, without a moment
+    with no filter where one was."""
     directory = pin_dir(name, pin_root)
     prefix = _filter_prefix(name)
     wanted = None if interfaces is None else list(interfaces)
@@ -1304,13 +1309,13 @@ def remove_all(
             if ifindex is None:
                 continue
             for flt in _our_prio_filters(ipr, ifindex):
-                if flt.name.startswith(prefix):
+                if flt.name.startswith(prefix) and flt.name != keep_filter:
                     _del_filter(ipr, ifindex, flt.handle)
                     done.append(f"{ifname}: tc filter {flt.name} (prio {TC_PRIO})")
         return done
 
     removed = _netlink(fn)
-    if _fstype(Path(pin_root)) == "bpf":
+    if not filters_only and _fstype(Path(pin_root)) == "bpf":
         removed += [f"pin {p}" for p in _unpin_dir(directory)]
     return removed
 

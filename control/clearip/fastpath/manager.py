@@ -29,11 +29,13 @@ from typing import Any
 
 from clearip.config import Config
 from clearip.fastpath.bpf import (
+    PINHOLE_MAPS,
     BpfFastPath,
     FastPathError,
     FastPathUnavailable,
     _netlink,
     attach_candidates,
+    open_pinned,
     remove_all,
 )
 from clearip.fastpath.nft import NftError, NftFastPath
@@ -151,24 +153,33 @@ class FastPathManager:
     def _load(self, trusted: list[str]) -> None:
         cfg = self.config.fastpath
         interfaces = self._wanted_interfaces()
-        # A previous run that died leaves filters and pins: never two of ours at once. Every
-        # interface, up or down: a filter left on one that was down holds an old list.
-        remove_all(self.name, None)
+        # A previous run that died (supervisor killed) left its table, filters and pins in
+        # force: untrusted sources stay dropped until this run replaces each atomically (table
+        # in one batch, filter by replace, pins by re-pinning). Its open pinholes are carried
+        # over for what is left of their lifetime.
+        adopted = _pinholes_left(self.name)
         nft = NftFastPath(self.name, self.udp_ports, self.tcp_ports, self.reply_ports)
         self.nft = nft
         nft.load(trusted)
+        _carry_over(adopted, nft.add_pinhole)
         ports = [("udp", p) for p in (*self.udp_ports, *self.reply_ports)]
         ports += [("tcp", p) for p in self.tcp_ports]
         bpf = BpfFastPath(self.name, ports, cfg.max_sources)
         self.bpf = bpf
         bpf.load()
         bpf.set_trusted(trusted)  # before attach: from then on an empty list drops everyone
+        _carry_over(adopted, bpf.add_pinhole)
         self._local = host_addresses()
         bpf.set_local_addresses(self._local)
         bpf.attach(interfaces)
         bpf.pin()
+        # what the predecessor left elsewhere (an interface down now, one not wanted any more)
+        for line in remove_all(self.name, None, keep_filter=bpf.filter_name, filters_only=True):
+            log.info("fast path: removed a filter of a previous run: %s", line)
         self.interfaces = list(bpf.attached)
         self.trusted = list(trusted)
+        if adopted:
+            log.info("fast path: %d pinholes of the previous run carried over", len(adopted))
 
     def stop(self) -> None:
         """Detach, unpin, remove the table: nothing of ours is left in the kernel."""
@@ -359,6 +370,23 @@ class FastPathManager:
         except (FastPathError, NftError, OSError) as e:
             log.warning("fast path: reading totals: %s", e)
             return {}
+
+
+def _pinholes_left(name: str) -> dict[str, float]:
+    """The open pinholes a previous run of fast path `name` pinned, with their seconds left."""
+    try:
+        with open_pinned(name, only=PINHOLE_MAPS) as maps:
+            return maps.pinholes()
+    except (FastPathError, OSError):
+        return {}
+
+
+def _carry_over(pinholes: dict[str, float], add: Any) -> None:
+    for ip, left in pinholes.items():
+        try:
+            add(ip, left)
+        except (NftError, FastPathError, OSError, ValueError) as e:
+            log.warning("fast path: could not carry pinhole %s over: %s", ip, e)
 
 
 def _explain(e: BaseException) -> str:

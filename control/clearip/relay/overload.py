@@ -6,10 +6,10 @@ smoothed lag passes `bound`, admission becomes a token bucket at a little under 
 calls offered over the last second, cut by DECREASE each STEP while the lag stays high and
 raised by a tenth of the offered rate each STEP once it is back under half the bound (so it is
 back to normal within 3 s of the loop catching up, however low it had to go); the limit is
-lifted when it has grown past what is offered. A refused call costs a parse and a stateless 503: cheap enough
-that refusing the excess keeps the loop on time, so the refused get their 503 at once and the
-admitted calls keep the relay's time (a multiplicative decrease and an additive increase, as
-TCP does with its window).
+lifted when it has grown past what is offered. A refused call costs a parse and a stateless
+503: cheap enough that refusing the excess keeps the loop on time, so the refused get their 503
+at once and the admitted calls keep the relay's time (a multiplicative decrease and an
+additive increase, as TCP does with its window).
 """
 
 from __future__ import annotations

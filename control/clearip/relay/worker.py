@@ -241,8 +241,11 @@ class Worker:
         nets = list(self.config.trust.sources)
         try:
             nets += [e.cidr for e in load_state(self.config.control.state_dir)]
-        except (OSError, ValueError, KeyError) as e:
-            log.warning("cannot read the trusted-list state file: %s", e)
+        except ValueError as e:  # TrustError: unreadable or corrupt
+            if self.trust.networks:  # running: keep the list in force
+                log.error("%s; the running trusted list is kept", e)
+                return
+            log.error("%s; only trust.sources is trusted", e)
         self.trust.set(nets)
 
     # -- start / stop ------------------------------------------------------------------------------
@@ -531,6 +534,7 @@ class Worker:
         assert self.loop is not None
         loop = self.loop
         control = self.core.overload
+        next_report = 0.0
         while True:
             expected = loop.time() + OVERLOAD_TICK
             await asyncio.sleep(OVERLOAD_TICK)
@@ -538,6 +542,10 @@ class Worker:
             lag = max(0.0, now - expected)
             self._lag_max = max(self._lag_max, lag)
             change = control.beat(now, lag)
+            if now >= next_report and self.link_to_supervisor is not None:
+                # what dies with this worker if it is killed: the supervisor counts it then
+                next_report = now + 1.0
+                self.link_to_supervisor.send_event({"event": "load", "calls": len(self.core.calls)})
             if change == "on":
                 self.counters.inc("overload_periods")
                 log.warning(
@@ -549,6 +557,17 @@ class Worker:
                 )
             elif change == "off":
                 log.warning("worker %d caught up: taking every new call again", self.index)
+
+    def _on_timer(self) -> None:
+        assert self.loop is not None
+        self._timer = None
+        self._timer_at = None
+        try:
+            self.core.on_timer(self.loop.time())
+        except Exception:
+            log.exception("internal error running timers")
+            self.counters.inc("internal_errors")
+        self._flush()
 
     # -- sending -----------------------------------------------------------------------------------
 
