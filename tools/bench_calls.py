@@ -31,7 +31,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,9 +44,14 @@ from typing import Any
 from benchcommon import (
     add_output_arguments,
     apply_preset,
+    control_request,
     log,
     machine_info,
+    port_in_use,
+    positive_int,
     sigterm_as_exit,
+    stop_process,
+    text_table,
     write_json,
 )
 
@@ -56,7 +60,7 @@ DEFAULT_ANCHOR = REPO.parent / "shared" / "bench" / "anchor"
 CONFIG_TEMPLATE = REPO / "tools" / "bench_configs" / "anchor.toml"
 TEMPLATE_DIR = "/tmp/anchor-proxy"  # what the template's paths start with
 
-PROXY_ADDRESS = ("127.0.0.10", 5060)
+ANCHOR_NET = "127.0.0"  # the anchor's addresses: proxy .10, switch .11, ClearIP .12, A .13, B .14
 FLOWS = ("ok", "failover", "decline")
 MESSAGES_PER_CALL = {"ok": 17, "failover": 20, "decline": 7}  # the README's counts
 
@@ -249,9 +253,17 @@ class Harness:
         self._child: subprocess.Popen[str] | None = None
 
     def run(
-        self, proxy: str, flow: str, phase: str, rate: int, seconds: int, proxy_pid: int | None
+        self,
+        proxy: str,
+        flow: str,
+        phase: str,
+        rate: int,
+        seconds: int,
+        proxy_pid: int | None,
+        calls: int | None = None,
     ) -> Step:
-        calls = rate * seconds
+        """One run_anchor.sh step: `calls` calls (default rate x seconds) offered at `rate`."""
+        calls = rate * seconds if calls is None else calls
         name = f"{proxy}_{flow}_r{rate}_{len(self.steps) + 1:03d}"
         step = Step(proxy, flow, phase, rate, calls, seconds, str(self.runs / name))
         env = dict(os.environ)
@@ -311,15 +323,8 @@ class Harness:
 
     def stop_child(self) -> None:
         """On Ctrl-C, SIGTERM or a timeout: the harness traps TERM and stops its processes."""
-        child = self._child
-        if child is None or child.poll() is not None:
-            return
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        if self._child is not None:
+            stop_process(self._child, 15.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,37 +339,23 @@ def _autogroup(pid: str) -> str | None:
         return None
 
 
-def _port_in_use(address: tuple[str, int]) -> str | None:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            if kind == socket.SOCK_STREAM:  # TIME_WAIT left by the last run is no obstacle
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(address)
-            except OSError as e:
-                proto = "udp" if kind == socket.SOCK_DGRAM else "tcp"
-                return f"{proto} {address[0]}:{address[1]}: {e.strerror or e}"
-    return None
-
-
-def _control_request(socket_path: str, op: str) -> Any:
-    """The same request `clearipctl` makes (length-prefixed JSON on the control socket)."""
-    from clearip.ctlsock import request  # the product's client; this runs in its venv
-
-    return request(socket_path, op, timeout=10.0)
-
-
 class Relay:
     """`clearipctl run` as a child of this script: same session, so same CFS autogroup as the
-    harness's sipps (the anchor README's note)."""
+    harness's sipps (the anchor README's note). `net`: the first three bytes of the anchor's
+    loopback addresses (the harness's PROXY_IP, CLEARIP_IP ... must say the same)."""
 
-    def __init__(self, clearipctl: Path, out: Path, workers: int | None) -> None:
+    def __init__(
+        self, clearipctl: Path, out: Path, workers: int | None, net: str = ANCHOR_NET
+    ) -> None:
         self.clearipctl = clearipctl
         self.out = out
+        self.address = (f"{net}.10", 5060)
         self.tmp = Path(tempfile.mkdtemp(prefix="clearip-bench-"))
         self.socket = str(self.tmp / "ctl.sock")
         self.config = self.tmp / "proxy.toml"
         text = CONFIG_TEMPLATE.read_text().replace(TEMPLATE_DIR, str(self.tmp))
+        for host in (".10:", ".12:"):  # the proxy's listeners, ClearIP's URI
+            text = text.replace(ANCHOR_NET + host, net + host)
         if workers is not None:
             text, n = re.subn(r"(?m)^workers\s*=\s*\d+", f"workers = {workers}", text)
             if n != 1:
@@ -385,7 +376,7 @@ class Relay:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> None:
-        busy = _port_in_use(PROXY_ADDRESS)
+        busy = port_in_use(self.address)
         if busy:
             raise BenchError(f"the anchor's proxy address is in use ({busy}): another run?")
         self.starts += 1
@@ -407,7 +398,7 @@ class Relay:
                 tail = logfile.read_text(errors="replace")[-1500:]
                 raise BenchError(f"the relay exited at start ({self.proc.returncode}):\n{tail}")
             try:
-                status = _control_request(self.socket, "status")
+                status = control_request(self.socket, "status")
             except Exception as e:  # ControlError until the socket answers
                 last_error = str(e)
             else:
@@ -429,14 +420,8 @@ class Relay:
     def stop(self) -> None:
         """SIGTERM, wait, SIGKILL; then any worker left over, by PID."""
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=RELAY_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                log(f"relay {proc.pid} did not stop within {RELAY_STOP_TIMEOUT_S:g} s: SIGKILL")
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_process(proc, RELAY_STOP_TIMEOUT_S)
         for pid in self.worker_pids:
             with contextlib.suppress(OSError):
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -450,7 +435,7 @@ class Relay:
 
     def status(self) -> dict[str, Any] | None:
         try:
-            reply = _control_request(self.socket, "status")
+            reply = control_request(self.socket, "status")
         except Exception as e:
             log(f"relay status: {e}")
             return None
@@ -460,7 +445,7 @@ class Relay:
         """A fresh latency window: the `latency_reset` op when the relay has it, else a
         restart (the timings live in the workers' memory)."""
         try:
-            _control_request(self.socket, "latency_reset")
+            control_request(self.socket, "latency_reset")
         except Exception:
             self.restart()
             return "relay restarted (no latency_reset op)"
@@ -879,10 +864,7 @@ def format_table(results: dict[str, dict[str, Any]], machine: dict[str, Any]) ->
                 short_machine,
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(line.rstrip() for line in lines)
+    return text_table(rows)
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -902,11 +884,16 @@ def _flows(text: str) -> list[str]:
     return flows
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
+def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
+    """--workers, and --no-kamailio / --kamailio-only: which proxies, the same in the tools
+    that run both on the anchor."""
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help="relay.workers of the relay under test [the config's 0: one per core]",
+    )  # fmt: skip
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument("--no-kamailio", action="store_true", help="the relay only")
+    who.add_argument("--kamailio-only", action="store_true", help="Kamailio only")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -926,32 +913,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma list of anchor flows: ok, failover (decline also works) [ok,failover]",
     )  # fmt: skip
     parser.add_argument(
-        "--seconds", type=_positive, metavar="N", help="length of each step, s [10]"
+        "--seconds", type=positive_int, metavar="N", help="length of each step, s [10]"
     )
     parser.add_argument(
-        "--start", type=_positive, metavar="CPS", help="first rate of the search, calls/s [250]"
+        "--start", type=positive_int, metavar="CPS", help="first rate of the search, calls/s [250]"
     )
     parser.add_argument(
-        "--max", type=_positive, default=6000, metavar="CPS", help="highest rate tried [6000]"
+        "--max", type=positive_int, default=6000, metavar="CPS", help="highest rate tried [6000]"
     )
     parser.add_argument(
-        "--resolution", type=_positive, default=100, metavar="CPS",
+        "--resolution", type=positive_int, default=100, metavar="CPS",
         help="the refinement stops when the last PASS and first FAIL are this close [100]",
     )  # fmt: skip
     parser.add_argument(
-        "--repeats", type=_positive, metavar="N", help="steps that must all PASS at the knee [2]"
+        "--repeats", type=positive_int, metavar="N", help="steps that must all PASS at the knee [2]"
     )
     parser.add_argument(
         "--zero-retrans", action="store_true",
         help="a step with any retransmission fails (the harness allows 0.01 %% of the calls)",
     )  # fmt: skip
-    parser.add_argument(
-        "--workers", type=int, default=None, metavar="N",
-        help="relay.workers of the relay under test [the config's 0: one per core]",
-    )  # fmt: skip
-    who = parser.add_mutually_exclusive_group()
-    who.add_argument("--no-kamailio", action="store_true", help="the relay only")
-    who.add_argument("--kamailio-only", action="store_true", help="Kamailio only")
+    add_proxy_arguments(parser)
     parser.add_argument(
         "--quick", action="store_true",
         help="smoke run: 4 s steps, 1 repeat, start 100, 8 min budget (explicit options win)",

@@ -67,7 +67,11 @@ from benchcommon import (
     apply_preset,
     log,
     machine_info,
+    percentile,
     sigterm_as_exit,
+    sipp_rtts,
+    sipp_time_ms,
+    text_table,
     write_json,
 )
 
@@ -327,35 +331,10 @@ def _tree_cpu_ticks(root: int) -> tuple[int, list[int]]:
     return sum(stats[p][1] for p in pids), sorted(pids)
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    """The q-th percentile (0..100) of sorted `values`, nearest rank."""
-    if not values:
-        return None
-    rank = max(1, math.ceil(q / 100 * len(values)))
-    return values[min(rank, len(values)) - 1]
-
-
-def _sipp_time_ms(text: str) -> float | None:
-    """A -trace_stat duration ("HH:MM:SS:mmmmmm" or "HH:MM:SS:mmm") in ms."""
-    parts = text.strip().split(":")
-    if len(parts) != 4 or not all(p.isdigit() for p in parts):
-        return None
-    h, m, s, frac = parts
-    sub = int(frac) / (10 ** len(frac))
-    return ((int(h) * 60 + int(m)) * 60 + int(s) + sub) * 1000.0
-
-
 def _rtt_values(workdir: Path, rtd: str = "1") -> list[float]:
     """INVITE -> 200 times (ms) of every call, from sipp's -trace_rtt file(s) in `workdir`."""
-    values: list[float] = []
-    for path in sorted(workdir.glob("*_rtt.csv")):
-        for line in path.read_text(errors="replace").splitlines():
-            parts = line.strip().split(";")
-            if len(parts) < 3 or parts[2].strip() not in (rtd, f"rtd{rtd}"):
-                continue
-            with contextlib.suppress(ValueError):
-                values.append(float(parts[1]))
-    return sorted(values)
+    rtts = sipp_rtts(sorted(workdir.glob("*_rtt.csv")))
+    return sorted(ms for _, ms, name in rtts if name in (rtd, f"rtd{rtd}"))
 
 
 @dataclass
@@ -379,14 +358,14 @@ def _call_result(sp: SippProc, attempted: int, seconds: float) -> CallResult:
     avg = (
         sum(values) / len(values)
         if values
-        else _sipp_time_ms(res.stats.get("ResponseTime1(C)", ""))
+        else sipp_time_ms(res.stats.get("ResponseTime1(C)", ""))
     )
     setup: dict[str, float | int | None] = {
         "n": len(values),
         "avg": avg,
-        "p50": _percentile(values, 50),
-        "p95": _percentile(values, 95),
-        "p99": _percentile(values, 99),
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "p99": percentile(values, 99),
         "max": values[-1] if values else None,
     }
     return CallResult(
@@ -778,13 +757,7 @@ def render_table(phases: list[PhaseResult]) -> str:
             _fmt(c.retransmissions, ","),
             lat,
         ))  # fmt: skip
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
-    lines = []
-    for n, row in enumerate(rows):
-        lines.append("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)))
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(rows, sep="  ")
 
 
 def summary(phases: list[PhaseResult]) -> list[str]:
