@@ -1,5 +1,6 @@
 # One command each: set up the machine (idempotent), then run, test or benchmark.
-.PHONY: bootstrap run test lint bench fuzz install clean
+# bench-overload is a long load run of its own, part of neither test nor bench.
+.PHONY: bootstrap run test lint bench bench-overload fuzz install clean
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -17,13 +18,21 @@ lint: bootstrap
 test: bootstrap lint
 	$(PY) -m pytest -q tests
 
+# Kamailio: the reference of the call-rate anchor. As root, installed once (a no-op after).
+KAMAILIO = [ "$$(id -u)" != 0 ] || dpkg -s kamailio >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kamailio >/dev/null || echo "$@: could not install kamailio: no Kamailio figures" >&2
+
 bench: bootstrap
 	$(PY) tools/bench_sip.py
 	$(PY) tools/bench_core.py
-	@# Kamailio: the reference of the call-rate anchor. As root, installed once (a no-op after).
-	@[ "$$(id -u)" != 0 ] || dpkg -s kamailio >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kamailio >/dev/null || echo "bench: could not install kamailio: no relay/Kamailio ratio" >&2
+	@$(KAMAILIO)
 	$(PY) tools/bench_calls.py $(BENCH_ARGS)
 	[ "$(BENCH_FLOOD)" = 0 ] || $(PY) tools/bench_flood.py $(BENCH_FLOOD_ARGS)
+
+# The relay and Kamailio at twice the knee for 30 s, then the knee for 5 s (about 4 minutes):
+# make bench-overload OVERLOAD_ARGS="--knee 900" (the knee from bench_calls.py).
+bench-overload: bootstrap
+	@$(KAMAILIO)
+	$(PY) tools/bench_overload.py $(OVERLOAD_ARGS)
 
 fuzz: bootstrap
 	$(PY) -m pip install -q 'atheris>=2.3'
