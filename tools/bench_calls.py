@@ -46,6 +46,7 @@ from benchcommon import (
     apply_preset,
     control_request,
     log,
+    loopback_net,
     machine_info,
     port_in_use,
     positive_int,
@@ -894,6 +895,25 @@ def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
     who = parser.add_mutually_exclusive_group()
     who.add_argument("--no-kamailio", action="store_true", help="the relay only")
     who.add_argument("--kamailio-only", action="store_true", help="Kamailio only")
+
+
+def add_anchor_arguments(parser: argparse.ArgumentParser, results: str, hosts: str) -> None:
+    """--net, --anchor and --out of the tools that run the anchor's peers apart from
+    bench_calls.py: `results` names the directory under bench-results/, `hosts` the addresses
+    --net moves."""
+    parser.add_argument(
+        "--net", type=loopback_net, default=ANCHOR_NET, metavar="A.B.C",
+        help=f"the loopback /24 of the addresses ({hosts}), when {ANCHOR_NET}.10 is "
+        f"taken [{ANCHOR_NET}]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--anchor", type=Path, default=None, metavar="DIR",
+        help=f"the anchor harness directory (read, never written) [{DEFAULT_ANCHOR}]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=None, metavar="DIR",
+        help=f"where logs and results go [bench-results/{results}-<time>/ in the repo]",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

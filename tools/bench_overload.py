@@ -51,12 +51,12 @@ from pathlib import Path
 from typing import Any
 
 from bench_calls import (
-    ANCHOR_NET,
     DEFAULT_ANCHOR,
     HARNESS_SLACK_S,
     BenchError,
     Harness,
     Relay,
+    add_anchor_arguments,
     add_proxy_arguments,
     versions,
 )
@@ -64,7 +64,6 @@ from benchcommon import (
     add_output_arguments,
     apply_preset,
     log,
-    loopback_net,
     machine_info,
     percentile,
     port_in_use,
@@ -633,22 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     add_proxy_arguments(parser)
     parser.add_argument(
-        "--net", type=loopback_net, default=ANCHOR_NET, metavar="A.B.C",
-        help="the loopback /24 of the anchor's addresses (proxy .10, switch .11, ClearIP .12, "
-        f"A .13, B .14), when {ANCHOR_NET}.10 is taken [{ANCHOR_NET}]",
-    )  # fmt: skip
-    parser.add_argument(
         "--ctl-port", type=positive_int, default=8887, metavar="PORT",
         help="UDP port of the switch sipp's control socket, on the switch's address [8887]",
     )  # fmt: skip
-    parser.add_argument(
-        "--anchor", type=Path, default=None, metavar="DIR",
-        help=f"the anchor harness directory (copied, never written) [{DEFAULT_ANCHOR}]",
-    )  # fmt: skip
-    parser.add_argument(
-        "--out", type=Path, default=None, metavar="DIR",
-        help="where logs and results go [bench-results/overload-<time>/ in the repo]",
-    )  # fmt: skip
+    add_anchor_arguments(
+        parser, "overload", "proxy .10, switch .11, ClearIP .12, A .13, B .14"
+    )
     add_output_arguments(parser)
     return parser
 
