@@ -1,6 +1,6 @@
 # One command each: set up the machine (idempotent), then run, test or benchmark.
-# bench-overload is a long load run of its own, part of neither test nor bench.
-.PHONY: bootstrap run test lint bench bench-overload fuzz install clean
+# bench-overload and soak are long load runs of their own, part of neither test nor bench.
+.PHONY: bootstrap run test lint bench bench-overload soak fuzz install clean
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -28,11 +28,16 @@ bench: bootstrap
 	$(PY) tools/bench_calls.py $(BENCH_ARGS)
 	[ "$(BENCH_FLOOD)" = 0 ] || $(PY) tools/bench_flood.py $(BENCH_FLOOD_ARGS)
 
-# The relay and Kamailio at twice the knee for 30 s, then the knee for 5 s (about 4 minutes):
+# The relay and Kamailio at twice the knee for 30 s, then the knee for 5 s (about 2 minutes):
 # make bench-overload OVERLOAD_ARGS="--knee 900" (the knee from bench_calls.py).
 bench-overload: bootstrap
 	@$(KAMAILIO)
 	$(PY) tools/bench_overload.py $(OVERLOAD_ARGS)
+
+# The relay for 30 minutes at half the knee, ok, failover and 603 calls at once: memory, fds,
+# tables and failures each minute (SOAK_ARGS="--knee 900" or "--rate 450 --minutes 60").
+soak: bootstrap
+	$(PY) tools/soak.py $(SOAK_ARGS)
 
 fuzz: bootstrap
 	$(PY) -m pip install -q 'atheris>=2.3'
