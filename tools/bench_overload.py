@@ -693,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
                     bench.relay.cleanup()
             shutil.rmtree(tmp, ignore_errors=True)
     results = bench.results if bench is not None else {}
+    if any("in use" in (r.get("error") or "") for r in results.values()):
+        notes.append("an address of the run is taken: --net A.B.C (e.g. 127.0.1) moves them all")
     report = {
         "tool": "tools/bench_overload.py",
         "started": started,
