@@ -310,7 +310,12 @@ class Soak:
     def stop(self) -> None:
         """The switches first (no new calls), then the UASs, then the relay; by PID."""
         for sipp in [*self.uacs.values(), *self.uas.values()]:
-            sipp.stop()
+            rc = sipp.stop()
+            if rc not in (0, 1):  # 1: some calls failed, counted already
+                screen = self.out / f"{sipp.name}.screen"
+                with contextlib.suppress(OSError):
+                    tail = " ".join(screen.read_text(errors="replace")[-300:].split())
+                    self.notes.append(f"{sipp.name} exited with status {rc}: ...{tail}")
         if self.relay is not None:
             self.relay.cleanup()
             self.relay = None
