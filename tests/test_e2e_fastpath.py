@@ -206,6 +206,9 @@ metrics = ""
     def drops(self, reason: str) -> int:
         return int((self.status().get("drops") or {}).get(reason, 0))
 
+    def send_udp(self, host: Host, payload: str, port: int = 5060) -> None:
+        self.udp(host, PROXY, port, payload)
+
     def udp(self, host: Host, to: str, port: int, payload: str, count: int = 1) -> None:
         host.run([PYTHON, "-c", SEND_UDP, to, str(port), payload, str(count)], timeout=60)
 

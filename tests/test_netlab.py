@@ -234,6 +234,9 @@ PAIRS = [
      {"expect_phrase": "Service Unavailable",
       "expect_reason": 'Q.850;cause=34;text="No circuit/channel available"'},
      {}, (True, True)),
+    # the fault suite's switch: a 503 is an answer it accepts (and ACKs), a 486 is not
+    ("or-503", "uac_call_or_503", "uas_provider_503", {}, {}, (True, True)),
+    ("or-503-not-486", "uac_call_or_503", "uas_provider_486", {}, {}, (False, True)),
     ("480", "uac_expect_480", "uas_provider_480",
      {"expect_phrase": "Temporarily Unavailable"}, {}, (True, True)),
     *[
@@ -264,6 +267,7 @@ CAUSES = {
     "486-phrase-mismatch": (REGEXP, None),
     "486-reason-mismatch": (REGEXP, None),
     "486-wrong-code": (UNEXPECTED, None),
+    "or-503-not-486": (UNEXPECTED, None),
     "silent": ("FailedTimeoutOnRecv(C)", None),
 }
 

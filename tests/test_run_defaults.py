@@ -136,11 +136,11 @@ for path in targets:
 
 TCP_PROBE = r"""
 import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
-s.sendall(b"OPTIONS sip:x SIP/2.0\r\n\r\n")
 try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+    s.sendall(b"OPTIONS sip:x SIP/2.0\r\n\r\n")
     print("closed" if s.recv(100) == b"" else "answered")
-except ConnectionResetError:
+except (ConnectionResetError, BrokenPipeError):
     print("reset")
 except TimeoutError:
     print("held open")

@@ -28,6 +28,10 @@ log = logging.getLogger("clearip.handoff")
 
 # Messages one worker may hold for a slow peer before it handles them itself.
 MAX_PENDING = 20000
+# A worker that died is restarted within about a second: its messages wait this long for it,
+# retried every RETRY, before this worker takes them over.
+AWAY_WAIT = 3.0
+RETRY = 0.05
 MAX_PACKET = 70000  # a SIP message (65535) plus the flow header
 
 
@@ -60,6 +64,7 @@ class Handoff:
         self.deliver = deliver  # handles a message in this worker
         self.peers: dict[int, socket.socket] = {}
         self.pending: dict[int, deque[bytes]] = {}
+        self._retries: dict[int, asyncio.TimerHandle] = {}  # owners away, being waited for
         self.overflow = 0  # handled locally because a peer was gone or far behind
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         path = socket_path(directory, index)
@@ -72,31 +77,52 @@ class Handoff:
     def close(self) -> None:
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
-        for owner, peer in self.peers.items():
-            if self.pending.get(owner):
-                self.loop.remove_writer(peer.fileno())
-            peer.close()
+        for handle in self._retries.values():
+            handle.cancel()
+        for owner in list(self.peers):
+            self._drop_socket(owner)
 
     def send(self, owner: int, data: bytes, flow: Flow) -> None:
-        peer = self._peer(owner)
-        if peer is None:
-            self._local(data, flow)
-            return
+        packet = encode(data, flow)
         queue = self.pending.get(owner)
         if queue:  # keep the order: behind what is already waiting
             if len(queue) >= MAX_PENDING:
                 self._local(data, flow)
-                return
-            queue.append(encode(data, flow))
+            else:
+                queue.append(packet)
+            return
+        peer = self._peer(owner)
+        if peer is None:
+            self._away(owner, deque([packet]))
             return
         try:
-            peer.send(encode(data, flow))
+            peer.send(packet)
         except BlockingIOError:
-            self.pending[owner] = deque([encode(data, flow)])
+            self.pending[owner] = deque([packet])
             self.loop.add_writer(peer.fileno(), self._writable, owner)
         except OSError:
-            self._drop_peer(owner)
-            self._local(data, flow)
+            self._away(owner, deque([packet]))
+
+    def _away(self, owner: int, queue: deque[bytes]) -> None:
+        """The owner is not there (it died and is being restarted): hold its messages for up to
+        AWAY_WAIT rather than handle them here, which would put its calls in this worker's
+        tables and leave them there when the next message of the call reaches the owner."""
+        self._drop_socket(owner)
+        self.pending[owner] = queue
+        if owner not in self._retries:
+            deadline = self.loop.time() + AWAY_WAIT
+            self._retries[owner] = self.loop.call_later(RETRY, self._retry, owner, deadline)
+
+    def _retry(self, owner: int, deadline: float) -> None:
+        del self._retries[owner]
+        peer = self._peer(owner)
+        if peer is not None:
+            self.loop.add_writer(peer.fileno(), self._writable, owner)
+        elif self.loop.time() >= deadline:
+            for packet in self.pending.pop(owner, ()):  # it is not coming back: ours now
+                self._local(*decode(packet))
+        else:
+            self._retries[owner] = self.loop.call_later(RETRY, self._retry, owner, deadline)
 
     def _peer(self, owner: int) -> socket.socket | None:
         peer = self.peers.get(owner)
@@ -112,19 +138,17 @@ class Handoff:
             self.peers[owner] = peer
         return peer
 
-    def _drop_peer(self, owner: int) -> None:
+    def _drop_socket(self, owner: int) -> None:
         peer = self.peers.pop(owner, None)
         if peer is not None:
-            if self.pending.get(owner):
+            with contextlib.suppress(ValueError, OSError):
                 self.loop.remove_writer(peer.fileno())
             peer.close()
-        for packet in self.pending.pop(owner, ()):
-            self._local(*decode(packet))
 
     def _writable(self, owner: int) -> None:
         peer = self.peers.get(owner)
         queue = self.pending.get(owner)
-        if peer is None or not queue:
+        if peer is None:
             return
         while queue:
             try:
@@ -132,7 +156,7 @@ class Handoff:
             except BlockingIOError:
                 return
             except OSError:
-                self._drop_peer(owner)  # the owner restarted: its calls are gone with it
+                self._away(owner, queue)  # the owner died meanwhile
                 return
             queue.popleft()
         self.loop.remove_writer(peer.fileno())

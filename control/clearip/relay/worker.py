@@ -263,6 +263,10 @@ class Worker:
                 self.local_ips.add(lst.host)
         if cfg.listen.advertise is not None and cfg.listen.advertise.port:
             self.local_ports.add(cfg.listen.advertise.port)
+        if self.workers > 1 and self.handoff_dir:
+            # before any shared socket: a message landing here for another worker's call must
+            # be handed over from the first one (a restarted worker joins a running proxy)
+            self.handoff = Handoff(self.loop, self.handoff_dir, self.index, self._receive)
         for lst in cfg.listen.udp:
             await self._open_udp((lst.host, lst.port), shared=True)
             # requests go out from a port of this worker's own, even when it is the only one:
@@ -278,8 +282,6 @@ class Worker:
             self._tls_server = server_tls_context(cfg)
             for lst in cfg.listen.tls:
                 await self._open_stream_server("tls", (lst.host, lst.port), self._tls_server)
-        if self.workers > 1 and self.handoff_dir:
-            self.handoff = Handoff(self.loop, self.handoff_dir, self.index, self._receive)
         source = next((t.host for t in cfg.listen.tcp if not _wildcard(t.host)), None)
         self.link = UpstreamLink(
             cfg.clearip,
