@@ -92,9 +92,10 @@ class Rig:
         transport: str = "udp",
         conn: int | None = None,
         upstream: bool = False,
+        waited: float = 0.0,
     ) -> list[Send]:
         local = CLEARIP if upstream else PROXY
-        self.core.receive(data, Flow(transport, src, local, conn, upstream), self.now)
+        self.core.receive(data, Flow(transport, src, local, conn, upstream), self.now, waited)
         return self.drain()
 
     def from_clearip(self, data: bytes) -> list[Send]:

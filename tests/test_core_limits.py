@@ -106,3 +106,42 @@ def test_overloaded_worker_refuses_new_calls_at_once_but_not_emergencies() -> No
     sos = rig.feed(invite(number="911", call_id="sos", branch="z9hG4bK-sos"), SWITCH)
     assert [m.status for m in msgs(sos, to=SWITCH)] == [100, 503]
     assert rig.counters.values["emergency_bypass"] == 1
+
+
+def test_an_invite_that_waited_past_the_bound_in_the_socket_is_refused_at_once() -> None:
+    """A datagram that sat in the kernel's queue longer than limits.overload_lag is a new call
+    the worker is too late for: 503 before any work, even while the loop looks on time."""
+    rig = Rig()
+    stale = invite(call_id="stale", branch="z9hG4bK-stale")
+    resp = only(rig.feed(stale, SWITCH, waited=0.5), to=SWITCH)
+    assert resp.status == 503 and resp.reason == b"Overloaded"
+    assert not rig.core.overload.active  # the loop itself was never late
+    out = rig.feed(invite(call_id="fresh", branch="z9hG4bK-fresh"), SWITCH, waited=0.01)
+    assert [m.status for m in msgs(out, to=SWITCH)] == [100]
+
+
+def test_a_refused_invite_retransmitted_gets_the_same_answer_and_its_ack_is_absorbed() -> None:
+    """A switch may retransmit an INVITE before our stateless 503 reaches it. Judged again,
+    the copy could be admitted: a call the switch already gave up on would ring at a provider.
+    The copy gets the same 503 (same To tag: SIPp aborts on a second, different final), and
+    the ACK of the 503 is absorbed, never forwarded as if it were a 2xx ACK."""
+    rig = Rig()
+    first = invite(call_id="again", branch="z9hG4bK-again")
+    refused = only(rig.feed(first, SWITCH, waited=0.5), to=SWITCH)
+    assert refused.status == 503
+    rig.advance(0.5)
+    out = rig.feed(first, SWITCH, waited=0.0)  # on time now: would be admitted
+    again = only(out, to=SWITCH)
+    assert again.status == 503 and again.to_bytes() == refused.to_bytes()
+    assert not msgs(out, upstream=True) and not rig.core.calls
+    ack = (
+        "ACK sip:+12025550123@10.0.0.1:5060;user=phone SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 10.0.0.11:5060;branch=z9hG4bK-again;rport\r\n"
+        "From: <sip:+13035550199@10.0.0.11;user=phone>;tag=sw-tag\r\n"
+        f"To: <sip:+12025550123@10.0.0.1;user=phone>;tag={refused.to.tag}\r\n"
+        "Call-ID: again\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    assert rig.feed(ack, SWITCH) == []
+    rig.advance(40)  # past Timer B: forgotten
+    out = rig.feed(first, SWITCH, waited=0.0)
+    assert [m.status for m in msgs(out, to=SWITCH)] == [100]

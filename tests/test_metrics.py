@@ -53,6 +53,7 @@ def _status() -> dict[str, Any]:
         ],
         "workers": [{"index": 0, "ready": True}, {"index": 1, "ready": False}],
         "workers_restarted": 3,
+        "overload": {"active": 1, "admitted_per_s": 640.0, "lag_ms": 52.5, "lag_ms_max": 90.0},
     }
 
 
@@ -120,6 +121,8 @@ def test_collector_exposes_every_metric() -> None:
         "clearip_workers": 1,
         "clearip_workers_restarted_total": 3,
         "clearip_calls_lost_total": 0,
+        "clearip_overload_active": 1,
+        "clearip_overload_lag_seconds": 0.0525,
         "clearip_hep_messages_total": 42,
         "clearip_tap_dropped_total": 1,
         # ClearIP round trips 3, 5, 40, 7000 ms: cumulative, in seconds

@@ -57,3 +57,13 @@ def test_it_climbs_back_and_lifts_the_limit_once_the_loop_is_on_time() -> None:
             break
     assert not ctl.active, ctl.rate
     assert t < 5.0 + 5.0  # back to normal within 5 s
+
+
+def test_a_call_that_waited_past_the_bound_in_a_queue_is_refused_even_when_on_time() -> None:
+    """The worker may look on time to its own loop while seconds of INVITEs wait in a socket
+    queue: each new call is judged by how long it waited there too."""
+    ctl = OverloadControl(bound=0.04)
+    assert ctl.admit(0.0, waited=0.039)
+    assert not ctl.admit(0.001, waited=0.041)
+    assert not ctl.active  # the token bucket is not involved
+    assert ctl.offered_rate(0.002) == 2.0  # both were offered

@@ -135,9 +135,14 @@ def format_status(status: Mapping[str, Any]) -> str:
         f"  upstream   {_upstream_line(status.get('upstream') or {})}",
         f"  fast path  {fast}",
         f"  listeners  {listeners or 'none'}",
-        "",
-        "counters",
     ]
+    overload = status.get("overload") or {}
+    if overload.get("active"):
+        lines.append(
+            f"  overload   BEHIND: new calls beyond {overload.get('admitted_per_s', 0):,.0f}/s "
+            f"get 503 (lag {overload.get('lag_ms', 0):.0f} ms)"
+        )
+    lines += ["", "counters"]
     counters = status.get("counters") or {}
     width = max((len(name) for name in counters), default=0)
     lines += [f"  {name:<{width}}  {value:>12,}" for name, value in counters.items()]

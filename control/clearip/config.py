@@ -630,7 +630,8 @@ class LimitsConfig:
     max_tcp_per_source: int = _key(256, _int(1))
     max_tcp_connections: int = _key(8192, _int(1))  # accepted TCP/TLS, all sources and workers
     tcp_idle_timeout: float = _key(600.0, _seconds)
-    # a worker whose event loop runs this late is behind: new calls get 503 until it is not
+    # a new call that waited this long (socket queue, hand-off, event loop) gets 503 at once;
+    # past half of it, smoothed, new calls are admitted at the rate the worker keeps up with
     overload_lag: float = _key(0.04, _seconds)
 
 

@@ -14,6 +14,9 @@ Scrape health
 - `clearip_workers_restarted_total`: relay workers restarted after dying.
 - `clearip_calls_lost_total`: calls being set up in a worker when it died (their callers got
   no answer from the proxy; a retransmitted INVITE starts afresh on the restarted worker).
+- `clearip_overload_active` (gauge): 1 while a worker is behind and answers new calls 503
+  (`limits.overload_lag`); `clearip_overload_lag_seconds` (gauge): how late the latest worker
+  runs, smoothed (its event loop, or the longest a datagram waited in a socket's queue).
 
 SIP relay (the relay's own counters, `status --json` `counters`)
 - `clearip_messages_in_total`: SIP messages received on the listeners (not on the ClearIP link).
@@ -310,6 +313,18 @@ class StatusCollector(Collector):
         )
         lost.add_metric([], _num(status.get("calls_lost")))
         yield lost
+        overload = _table(status.get("overload"))
+        active = GaugeMetricFamily(
+            "clearip_overload_active", "1 while a worker is behind and refuses new calls (503)"
+        )
+        active.add_metric([], 1.0 if _num(overload.get("active")) else 0.0)
+        yield active
+        lag = GaugeMetricFamily(
+            "clearip_overload_lag_seconds",
+            "How late the latest worker runs, smoothed: event loop or socket queue",
+        )
+        lag.add_metric([], _num(overload.get("lag_ms")) / 1000.0)
+        yield lag
 
 
 class MetricsServer:

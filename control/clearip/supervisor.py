@@ -69,7 +69,14 @@ STABLE_AFTER = 30.0  # a worker that ran this long resets the backoff
 STATUS_KEYS = ("version", "uptime_s", "listeners", "upstream", "fastpath", "counters", "sources")
 # Keys added to the contract since (§6: more keys may be added, none renamed): what the relay
 # dropped by reason, the workers, and the sizes of their tables (for leak watching).
-ADDED_STATUS_KEYS = ("drops", "workers", "workers_restarted", "calls_lost", "transactions")
+ADDED_STATUS_KEYS = (
+    "drops",
+    "workers",
+    "workers_restarted",
+    "calls_lost",
+    "transactions",
+    "overload",
+)
 KERNEL_COUNTER_NAMES = (
     "passed_pkts",
     "passed_bytes",
@@ -235,6 +242,8 @@ def status_contract(status: Mapping[str, Any]) -> dict[str, Any]:
     out["workers_restarted"] = status.get("workers_restarted") or 0
     out["calls_lost"] = status.get("calls_lost") or 0
     out["transactions"] = dict(status.get("transactions") or {})
+    # the worst worker's: active (1 while a worker refuses calls), admitted_per_s, lag_ms
+    out["overload"] = dict(status.get("overload") or {})
     return out
 
 

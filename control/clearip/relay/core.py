@@ -21,6 +21,7 @@ from clearip.notices import Throttle
 from clearip.relay.counters import Counters
 from clearip.relay.events import Address, Flow, Send, Target
 from clearip.relay.overload import OverloadControl
+from clearip.relay.refusals import Refusals
 from clearip.relay.routing import default_port, is_emergency, is_ip_literal
 from clearip.sip.errors import SipProtocolError
 from clearip.sip.headers import Via
@@ -143,6 +144,7 @@ class ProxyCore:
         self.draining = False  # shutting down: no new calls
         # past the knee: new calls beyond what the worker keeps up with get 503 at once
         self.overload = OverloadControl(config.limits.overload_lag)
+        self.refusals = Refusals()  # INVITEs answered statelessly, until Timer B
         self.notices = Throttle()  # warnings for the operator, at most once a minute each
         self.pinholes: dict[str, int] = {}  # next-hop IP -> calls/dialogs using it
         self.dialogs: dict[str, Any] = {}  # Call-ID -> Dialog, for calls this worker set up
@@ -207,8 +209,9 @@ class ProxyCore:
             heapq.heapify(self._timers)
             self._cancelled = 0
 
-    def receive(self, data: bytes, flow: Flow, now: float) -> None:
-        """One complete SIP message (a datagram, or one framed from a stream)."""
+    def receive(self, data: bytes, flow: Flow, now: float, waited: float = 0.0) -> None:
+        """One complete SIP message (a datagram, or one framed from a stream); `waited`: the
+        seconds it sat in a socket queue before the adapter read it (0 when unknown)."""
         counters = self.counters
         if not flow.upstream:
             counters.inc("messages_in")
@@ -234,7 +237,7 @@ class ProxyCore:
             self._on_response(msg, flow, now)
         else:
             assert isinstance(msg, Request)
-            self._on_request(msg, flow, now)
+            self._on_request(msg, flow, now, waited)
 
     def send_failed(self, token: object, now: float) -> None:
         """The adapter could not send (connect refused, no route, TLS failure ...)."""
@@ -369,10 +372,17 @@ class ProxyCore:
         status: int,
         reason: str,
         headers: list[tuple[str, bytes | str]] | None = None,
+        *,
+        now: float | None = None,
     ) -> None:
-        resp = build_response(request, status, reason, to_tag=self.new_tag(), headers=headers or ())
+        """An answer that holds no transaction. Given `now`, a refused INVITE is remembered
+        (relay/refusals.py): a retransmission gets the same answer, its ACK is absorbed."""
+        tag = self.new_tag()
+        resp = build_response(request, status, reason, to_tag=tag, headers=headers or ())
         self.counters.final_code(status)
         self.send(resp.to_bytes(), response_target(request, flow))
+        if now is not None and request.method == "INVITE":
+            self.refusals.remember(server_key(request), now, tag, status, reason, headers or ())
 
     def cancel_branch(self, rec: TxRecord, now: float) -> None:
         """CANCEL a client INVITE transaction (RFC 3261 §9.1: only after a provisional)."""
@@ -434,7 +444,7 @@ class ProxyCore:
 
     # -- requests --------------------------------------------------------------------------------
 
-    def _on_request(self, req: Request, flow: Flow, now: float) -> None:
+    def _on_request(self, req: Request, flow: Flow, now: float, waited: float = 0.0) -> None:
         from clearip.relay.call import Call
         from clearip.relay.dialog import Relay
 
@@ -458,6 +468,19 @@ class ProxyCore:
             # relayed (a restarted proxy must still route its switches' requests), but seen:
             # a trusted element re-INVITEing a dialog we never set up skips ClearIP
             self.counters.inc("indialog_unknown")
+        if method in ("INVITE", "ACK") and len(self.refusals):
+            refusal = self.refusals.get(key, now)
+            if refusal is not None:  # an INVITE refused statelessly: the same answer again
+                if method == "INVITE":
+                    resp = build_response(
+                        req,
+                        refusal.status,
+                        refusal.reason,
+                        to_tag=refusal.to_tag,
+                        headers=refusal.headers,
+                    )
+                    self.send(resp.to_bytes(), response_target(req, flow))
+                return
         if method == "ACK":
             # an ACK matching no transaction is for a 2xx: end-to-end, forwarded statelessly
             if in_dialog:
@@ -476,14 +499,16 @@ class ProxyCore:
             return
         mf = req.max_forwards
         if mf == 0 and method != "OPTIONS":
-            self.reply_stateless(req, flow, 483, "Too Many Hops")
+            self.reply_stateless(req, flow, 483, "Too Many Hops", now=now)
             return
         if full and method == "OPTIONS" and not in_dialog:
             self.reply_stateless(req, flow, 200, "OK", self._options_headers())
             return
         if full and (not in_dialog or held >= limit + limit // 10 + 1):
             self.counters.drop("transaction_limit")
-            self.reply_stateless(req, flow, 503, "Too Many Transactions", [("Retry-After", "5")])
+            self.reply_stateless(
+                req, flow, 503, "Too Many Transactions", [("Retry-After", "5")], now=now
+            )
             return
         if in_dialog:
             if self._is_for_us(req):
@@ -491,22 +516,26 @@ class ProxyCore:
             elif method == "OPTIONS":
                 self._server_reply(req, flow, 200, "OK", now, self._options_headers())
             else:
-                self.reply_stateless(req, flow, 404, "Not Here")
+                self.reply_stateless(req, flow, 404, "Not Here", now=now)
             return
         if method == "INVITE":
             if self.draining:
-                self.reply_stateless(req, flow, 503, "Shutting Down", [("Retry-After", "2")])
+                self.reply_stateless(
+                    req, flow, 503, "Shutting Down", [("Retry-After", "2")], now=now
+                )
                 return
-            if not self.overload.admit(now) and not is_emergency(
+            if not self.overload.admit(now, waited) and not is_emergency(
                 req, self.config.routing.emergency_numbers
             ):
                 # behind: a new call gets its 503 now, statelessly, so the switch
                 # route-advances at once; calls already admitted keep the relay's time
                 self.counters.drop("overload")
-                self.reply_stateless(req, flow, 503, "Overloaded", [("Retry-After", "1")])
+                self.reply_stateless(
+                    req, flow, 503, "Overloaded", [("Retry-After", "1")], now=now
+                )
                 return
             if self._is_loop(req):
-                self.reply_stateless(req, flow, 482, "Loop Detected")
+                self.reply_stateless(req, flow, 482, "Loop Detected", now=now)
                 return
             self.counters.inc("invites")
             self.counters.source(flow.remote[0], "invites")

@@ -48,6 +48,8 @@ DROP_REASONS = (
     "tcp_stuck",  # a message begun and never finished: connection aborted
     "framing",  # a stream that could not be framed: connection closed
     "overload",  # a new call answered 503 at once: the worker was behind (limits.overload_lag)
+    "udp_queue_full",  # datagrams the kernel dropped: a worker's UDP receive buffer was full
+    "udp_send_backlog",  # a datagram not sent: the kernel's send buffer and our backlog were full
 )
 
 # A spoofed flood must not grow the per-source table without bound; sources past this many are

@@ -5,11 +5,16 @@ for this run, mode 0700: only the proxy's own user can send there, so nobody els
 worker a message "from" a trusted switch. (The abstract socket names of before had no
 permissions at all: any local user could inject SIP as a trusted source, or bind a name first
 and read the hand-offs.) A worker that reads a message belonging to another sends it there
-with the flow it came on.
-A Unix datagram queue is short (net.unix.max_dgram_qlen, often 10), so a burst must wait in a
-local queue until the owner drains its socket: handling the message locally instead would split
-a call across workers, and peers that answer to the address a call started from would then
-answer the wrong worker.
+with the flow it came on and when it arrived (the kernel's receive time): the owner judges a
+new call by how long it has really waited (relay/overload.py), queues here included.
+A Unix datagram queue is short (net.unix.max_dgram_qlen, often 10 datagrams), so the messages
+for one owner are sent in batches: all those read in one pass of the event loop go as one
+datagram (frames of a 4-byte length and a packet, up to BATCH_BYTES). One message per datagram
+capped the hand-off at ten messages per pass of a busy reader's loop: past its knee the owner
+idled while its INVITEs waited in the reader (issue 12). A burst that still finds the owner's
+queue full waits in a local queue until it drains: handling the message locally instead would
+split a call across workers, and peers that answer to the address a call started from would
+then answer the wrong worker.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import contextlib
 import logging
 import os
 import socket
+import struct
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -26,28 +33,66 @@ from clearip.relay.events import Flow
 
 log = logging.getLogger("clearip.handoff")
 
-# Messages one worker may hold for a slow peer before it handles them itself.
-MAX_PENDING = 20000
+# Batches one worker may hold for a slow peer before it handles their messages itself.
+MAX_PENDING = 2000
+BATCH_BYTES = 60000
+SEND_BUFFER = 2 * 1024 * 1024
 # A worker that died is restarted within about a second: its messages wait this long for it,
 # retried every RETRY, before this worker takes them over.
 AWAY_WAIT = 3.0
 RETRY = 0.05
-MAX_PACKET = 70000  # a SIP message (65535) plus the flow header
+MAX_PACKET = BATCH_BYTES + 70000  # a batch may end with a whole SIP message (65535) and its flow
+_LEN = struct.Struct("!I")
 
 
 def socket_path(directory: str, index: int) -> str:
     return os.path.join(directory, f"{index}.sock")
 
 
-def encode(data: bytes, flow: Flow) -> bytes:
+def encode(data: bytes, flow: Flow, arrived: float) -> bytes:
+    """`arrived`: wall-clock time the message reached this host (time.time())."""
     (rip, rport), (lip, lport) = flow.remote, flow.local
-    return f"{flow.transport}\0{rip}\0{rport}\0{lip}\0{lport}\0".encode() + data
+    return f"{flow.transport}\0{rip}\0{rport}\0{lip}\0{lport}\0{arrived:.6f}\0".encode() + data
 
 
-def decode(packet: bytes) -> tuple[bytes, Flow]:
-    transport, rip, rport, lip, lport, data = packet.split(b"\0", 5)
+def decode(packet: bytes) -> tuple[bytes, Flow, float]:
+    transport, rip, rport, lip, lport, arrived, data = packet.split(b"\0", 6)
     flow = Flow(transport.decode(), (rip.decode(), int(rport)), (lip.decode(), int(lport)))
-    return data, flow
+    return data, flow, float(arrived)
+
+
+def batches(packets: list[bytes]) -> list[bytes]:
+    """Frame `packets` into datagrams of at most BATCH_BYTES (one bigger packet goes alone)."""
+    out: list[bytes] = []
+    parts: list[bytes] = []
+    size = 0
+    for packet in packets:
+        frame_size = _LEN.size + len(packet)
+        if parts and size + frame_size > BATCH_BYTES:
+            out.append(b"".join(parts))
+            parts, size = [], 0
+        parts.append(_LEN.pack(len(packet)))
+        parts.append(packet)
+        size += frame_size
+    if parts:
+        out.append(b"".join(parts))
+    return out
+
+
+def unbatch(datagram: bytes) -> list[bytes]:
+    """The packets of one datagram; ValueError if its framing is broken."""
+    out = []
+    at = 0
+    while at < len(datagram):
+        if at + _LEN.size > len(datagram):
+            raise ValueError("truncated frame header")
+        (n,) = _LEN.unpack_from(datagram, at)
+        at += _LEN.size
+        if at + n > len(datagram):
+            raise ValueError("truncated frame")
+        out.append(datagram[at : at + n])
+        at += n
+    return out
 
 
 class Handoff:
@@ -56,14 +101,16 @@ class Handoff:
         loop: asyncio.AbstractEventLoop,
         directory: str,
         index: int,
-        deliver: Callable[[bytes, Flow], None],
+        deliver: Callable[[bytes, Flow, float], None],
     ) -> None:
         self.loop = loop
         self.directory = directory
         self.index = index
-        self.deliver = deliver  # handles a message in this worker
+        self.deliver = deliver  # handles a message in this worker: (data, flow, seconds waited)
         self.peers: dict[int, socket.socket] = {}
-        self.pending: dict[int, deque[bytes]] = {}
+        self.pending: dict[int, deque[bytes]] = {}  # batches the owner's queue had no room for
+        self._outgoing: dict[int, list[bytes]] = {}  # packets of this pass, sent at its end
+        self._closed = False
         self._retries: dict[int, asyncio.TimerHandle] = {}  # owners away, being waited for
         self.overflow = 0  # handled locally because a peer was gone or far behind
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -75,6 +122,7 @@ class Handoff:
         loop.add_reader(self.sock.fileno(), self._readable)
 
     def close(self) -> None:
+        self._closed = True
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
         for handle in self._retries.values():
@@ -82,26 +130,41 @@ class Handoff:
         for owner in list(self.peers):
             self._drop_socket(owner)
 
-    def send(self, owner: int, data: bytes, flow: Flow) -> None:
-        packet = encode(data, flow)
+    def send(self, owner: int, data: bytes, flow: Flow, arrived: float) -> None:
+        """Queue a message for `owner`; everything queued in this pass of the loop goes at its
+        end, in one datagram per owner (call_soon runs after the callbacks already due)."""
+        outgoing = self._outgoing
+        if not outgoing:
+            self.loop.call_soon(self._send_batches)
+        outgoing.setdefault(owner, []).append(encode(data, flow, arrived))
+
+    def _send_batches(self) -> None:
+        outgoing, self._outgoing = self._outgoing, {}
+        if self._closed:
+            return
+        for owner, packets in outgoing.items():
+            for batch in batches(packets):
+                self._send_batch(owner, batch)
+
+    def _send_batch(self, owner: int, batch: bytes) -> None:
         queue = self.pending.get(owner)
         if queue:  # keep the order: behind what is already waiting
             if len(queue) >= MAX_PENDING:
-                self._local(data, flow)
+                self._local_batch(batch)
             else:
-                queue.append(packet)
+                queue.append(batch)
             return
         peer = self._peer(owner)
         if peer is None:
-            self._away(owner, deque([packet]))
+            self._away(owner, deque([batch]))
             return
         try:
-            peer.send(packet)
+            peer.send(batch)
         except BlockingIOError:
-            self.pending[owner] = deque([packet])
+            self.pending[owner] = deque([batch])
             self.loop.add_writer(peer.fileno(), self._writable, owner)
         except OSError:
-            self._away(owner, deque([packet]))
+            self._away(owner, deque([batch]))
 
     def _away(self, owner: int, queue: deque[bytes]) -> None:
         """The owner is not there (it died and is being restarted): hold its messages for up to
@@ -119,8 +182,8 @@ class Handoff:
         if peer is not None:
             self.loop.add_writer(peer.fileno(), self._writable, owner)
         elif self.loop.time() >= deadline:
-            for packet in self.pending.pop(owner, ()):  # it is not coming back: ours now
-                self._local(*decode(packet))
+            for batch in self.pending.pop(owner, ()):  # it is not coming back: ours now
+                self._local_batch(batch)
         else:
             self._retries[owner] = self.loop.call_later(RETRY, self._retry, owner, deadline)
 
@@ -129,6 +192,8 @@ class Handoff:
         if peer is None:
             peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             peer.setblocking(False)
+            with contextlib.suppress(OSError):  # room for the owner's queue of batches
+                peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             try:
                 # connected, so that poll() reports when the owner's queue has room
                 peer.connect(socket_path(self.directory, owner))
@@ -161,19 +226,23 @@ class Handoff:
             queue.popleft()
         self.loop.remove_writer(peer.fileno())
 
-    def _local(self, data: bytes, flow: Flow) -> None:
-        self.overflow += 1
-        self.deliver(data, flow)
+    def _local_batch(self, batch: bytes) -> None:
+        for packet in unbatch(batch):
+            data, flow, arrived = decode(packet)
+            self.overflow += 1
+            self.deliver(data, flow, max(0.0, time.time() - arrived))
 
     def _readable(self) -> None:
-        for _ in range(256):
+        # a batch or two per wake-up (up to ~120 messages): the sockets and timers take turns
+        for _ in range(2):
             try:
-                packet = self.sock.recv(MAX_PACKET)
+                datagram = self.sock.recv(MAX_PACKET)
             except BlockingIOError:
                 return
             try:
-                data, flow = decode(packet)
+                messages = [decode(packet) for packet in unbatch(datagram)]
             except ValueError:
-                log.warning("malformed hand-off packet dropped")
+                log.warning("malformed hand-off batch dropped")
                 continue
-            self.deliver(data, flow)
+            for data, flow, arrived in messages:
+                self.deliver(data, flow, max(0.0, time.time() - arrived))

@@ -1,21 +1,30 @@
 """Overload control: past its knee a worker takes the calls it can and refuses the rest at once.
 
-Sans-IO. The worker reports how late its event loop runs (`beat(now, lag)`, every few ms) and
-every new call asks `admit(now)`. While the loop keeps up, every call is admitted. When the
-smoothed lag passes `bound`, admission becomes a token bucket at a little under the rate of new
-calls offered over the last second, cut by DECREASE each STEP while the lag stays high and
-raised by a tenth of the offered rate each STEP once it is back under half the bound (so it is
-back to normal within 3 s of the loop catching up, however low it had to go); the limit is
-lifted when it has grown past what is offered. A refused call costs a parse and a stateless
-503: cheap enough that refusing the excess keeps the loop on time, so the refused get their 503
-at once and the admitted calls keep the relay's time (a multiplicative decrease and an
-additive increase, as TCP does with its window).
+Sans-IO. The worker reports how late it runs (`beat(now, lag)`, every few ms: its event loop's
+lateness or the longest a datagram waited in a socket's queue, whichever is worse) and every new
+call asks `admit(now, waited)`. Two rules, each enough alone for a part of the load:
+
+* An INVITE that has already waited more than `bound` in the kernel's queue is refused at once:
+  its caller has waited long enough, and refusing the stale ones is how a queue of seconds
+  empties in milliseconds. That alone keeps the queue near `bound` at any offered rate.
+* While the worker keeps up, every call is admitted. When the smoothed lag passes `bound`,
+  admission becomes a token bucket at a little under the rate of new calls offered over the
+  last second, cut by DECREASE each STEP while the lag stays high and raised by a tenth of the
+  offered rate each STEP once it is back under half the bound (so it is back to normal within
+  3 s of catching up, however low it had to go); the limit is lifted when it has grown past
+  what is offered (a multiplicative decrease and an additive increase, as TCP does with its
+  window). This one also covers calls over TCP and TLS, whose queues the worker cannot date.
+
+A refused call costs a parse and a stateless 503: cheap enough that refusing the excess keeps
+the worker on time, so the refused get their 503 at once and the admitted calls keep the
+relay's time.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
+TARGET = 0.5  # of `bound`: the smoothed lag the token bucket steers to, under the age rule's
 SMOOTHING = 0.1  # EWMA weight of one beat's lag: one spike of a burst does not trip it
 STEP = 0.25  # seconds between two changes of the admitted rate
 DECREASE = 0.85
@@ -50,7 +59,7 @@ class OverloadControl:
         self.lag += SMOOTHING * (lag - self.lag)
         if now - self._changed < STEP:
             return None
-        if self.lag > self.bound:
+        if self.lag > self.bound * TARGET:
             self._changed = now
             if self.rate is None:
                 self.rate = max(1.0, DECREASE * self.offered_rate(now))
@@ -58,7 +67,7 @@ class OverloadControl:
                 self._filled = now
                 return "on"
             self.rate = max(1.0, self.rate * DECREASE)
-        elif self.rate is not None and self.lag < self.bound / 2:
+        elif self.rate is not None and self.lag < self.bound * TARGET / 2:
             self._changed = now
             offered = self.offered_rate(now)
             self.rate += max(1.0, INCREASE * offered)
@@ -67,11 +76,14 @@ class OverloadControl:
                 return "off"
         return None
 
-    def admit(self, now: float) -> bool:
-        """A new call arrives: True to take it, False to refuse it now (503)."""
+    def admit(self, now: float, waited: float = 0.0) -> bool:
+        """A new call arrives, after `waited` s in a socket queue: True to take it, False to
+        refuse it now (503)."""
         self._arrivals.append(now)
         if len(self._arrivals) > 100_000:  # a flood must not grow the window without bound
             self._arrivals.popleft()
+        if waited > self.bound:
+            return False
         rate = self.rate
         if rate is None:
             return True

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import re
@@ -32,6 +31,7 @@ from typing import Any
 from clearip.config import Config, ConfigError, HostPort, load_config
 from clearip.hep import HepSink
 from clearip.notices import log_notice
+from clearip.relay import gcpolicy
 from clearip.relay.conncount import ConnCounts
 from clearip.relay.core import ProxyCore
 from clearip.relay.counters import Counters
@@ -41,6 +41,7 @@ from clearip.relay.resolver import Resolver
 from clearip.relay.routing import is_ip_literal
 from clearip.relay.streams import ConnectionTable, StreamConnection, plain_ip
 from clearip.relay.tap import SocketSink, TapRecord
+from clearip.relay.udp import UdpEndpoint
 from clearip.relay.upstream import UpstreamLink
 from clearip.sip.stun import binding_request, binding_success
 from clearip.trust import TrustList, load_state
@@ -88,24 +89,6 @@ def local_addresses() -> set[str]:
     return addrs
 
 
-class UdpEndpoint(asyncio.DatagramProtocol):
-    def __init__(self, worker: Worker, local: Address, shared: bool):
-        self.worker = worker
-        self.local = local
-        self.shared = shared  # the listener port all workers share (vs. this worker's private one)
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's UDP transport is not an asyncio.DatagramTransport subclass, only alike
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.worker.on_datagram(self, data, (addr[0], addr[1]))
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("UDP error on %s:%d: %s", *self.local, exc)
-
-
 class Worker:
     """Implements the core's Environment and moves bytes between sockets and the core."""
 
@@ -135,6 +118,7 @@ class Worker:
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lag_max = 0.0
+        self._wait_max = 0.0  # the longest a datagram waited in the kernel since the last beat
         self._last_refusal_log = -REFUSAL_LOG_INTERVAL
         self._refusals_suppressed = 0
         self.listen_socks: list[socket.socket] = []  # TCP/TLS listeners (accepted by hand)
@@ -268,12 +252,12 @@ class Worker:
             # be handed over from the first one (a restarted worker joins a running proxy)
             self.handoff = Handoff(self.loop, self.handoff_dir, self.index, self._receive)
         for lst in cfg.listen.udp:
-            await self._open_udp((lst.host, lst.port), shared=True)
+            self._open_udp((lst.host, lst.port), shared=True)
             # requests go out from a port of this worker's own, even when it is the only one:
             # their answers come straight back to it, and need no pinhole in the fast path
             port = lst.port + PRIVATE_PORT_OFFSET + self.index
             self.local_ports.update(lst.port + PRIVATE_PORT_OFFSET + i for i in range(self.workers))
-            ep = await self._open_udp((lst.host, port), shared=False)
+            ep = self._open_udp((lst.host, port), shared=False)
             family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
             self.private.setdefault(family, ep)
         for lst in cfg.listen.tcp:
@@ -296,7 +280,7 @@ class Worker:
         self._spawn(self._sweep_idle())
         self._spawn(self._watch_lag())
 
-    async def _open_udp(self, local: Address, *, shared: bool) -> UdpEndpoint:
+    def _open_udp(self, local: Address, *, shared: bool) -> UdpEndpoint:
         assert self.loop is not None
         family = socket.AF_INET6 if ":" in local[0] else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -311,13 +295,11 @@ class Worker:
             except OSError:
                 pass
         sock.bind(local)
-        _, proto = await self.loop.create_datagram_endpoint(
-            lambda: UdpEndpoint(self, local, shared), sock=sock
-        )
-        self.udp[local] = proto
+        ep = UdpEndpoint(self.loop, sock, local, shared, self.on_datagram, self.counters.drop)
+        self.udp[local] = ep
         if shared:
             self.listeners.append({"transport": "udp", "address": str(HostPort(*local))})
-        return proto
+        return ep
 
     async def _open_stream_server(
         self, name: str, local: Address, tls: ssl.SSLContext | None
@@ -438,8 +420,7 @@ class Worker:
         for conn in list(self.streams.by_id.values()):
             conn.close()
         for ep in self.udp.values():
-            if ep.transport is not None:
-                ep.transport.close()
+            ep.close()
         if self.handoff is not None:
             self.handoff.close()
         tasks = list(self._tasks)
@@ -452,14 +433,26 @@ class Worker:
         await self._stop.wait()
 
     async def _sweep_idle(self) -> None:
+        """Idle connections closed; the old generation collected when quiet (gcpolicy)."""
+        assert self.loop is not None
+        old = gcpolicy.OldGeneration(self.loop.time())
         while True:
             await asyncio.sleep(IDLE_SWEEP_INTERVAL)
-            assert self.loop is not None
-            self.streams.close_idle(self.loop.time(), self.config.limits.tcp_idle_timeout)
+            now = self.loop.time()
+            self.streams.close_idle(now, self.config.limits.tcp_idle_timeout)
+            core = self.core
+            if old.due(now, len(core.server_txs) + len(core.client_txs)):
+                found, took = old.collect(now)
+                log.info(
+                    "worker %d: full garbage collection, %d objects freed, %.0f ms",
+                    self.index,
+                    found,
+                    took * 1000,
+                )
 
     # -- receiving ---------------------------------------------------------------------------------
 
-    def on_datagram(self, ep: UdpEndpoint, data: bytes, remote: Address) -> None:
+    def on_datagram(self, ep: UdpEndpoint, data: bytes, remote: Address, waited: float) -> None:
         if data in (b"\r\n\r\n", b"\r\n"):
             return  # a keepalive over UDP: nothing to do
         if data[0] < 2:  # no SIP message starts with a control byte: STUN's first bits are 0
@@ -471,9 +464,9 @@ class Worker:
         if self.handoff is not None and (ep.shared or data.startswith(b"SIP/2.0 ")):
             owner = owner_of(data, self.workers)
             if owner is not None and owner != self.index:
-                self.handoff.send(owner, data, flow)
+                self.handoff.send(owner, data, flow, time.time() - waited)
                 return
-        self._receive(data, flow)
+        self._receive(data, flow, waited)
 
     def _stun(self, ep: UdpEndpoint, data: bytes, remote: Address) -> None:
         """RFC 5626 §4.4.2 keepalive: a Binding success to trusted sources, else a counted drop."""
@@ -484,8 +477,7 @@ class Worker:
         if not self.is_trusted(remote[0]):
             self.counters.drop("stun_untrusted")
             return
-        if ep.transport is not None:
-            ep.transport.sendto(binding_success(request[0], remote, request[1]), remote)
+        ep.sendto(binding_success(request[0], remote, request[1]), remote)
 
     def _on_stream_message(self, conn: StreamConnection, data: bytes) -> None:
         flow = Flow(conn.name, conn.remote, conn.local, conn.id)
@@ -494,7 +486,7 @@ class Worker:
             # like SIPp -t t1): the response goes to the worker named in our Via branch
             owner = owner_of(data, self.workers)
             if owner is not None and owner != self.index:
-                self.handoff.send(owner, data, flow)
+                self.handoff.send(owner, data, flow, time.time())
                 return
         self._receive(data, flow)
 
@@ -514,12 +506,15 @@ class Worker:
         self.core.link_down(conn.id, self.loop.time())
         self._flush()
 
-    def _receive(self, data: bytes, flow: Flow) -> None:
+    def _receive(self, data: bytes, flow: Flow, waited: float = 0.0) -> None:
+        """`waited`: seconds the message sat in the kernel's queue (UDP; 0 when unknown)."""
         started = perf_counter()
+        if waited > self._wait_max:
+            self._wait_max = waited
         if self.taps:
             self._tap("in", flow.transport, flow.remote, flow.local, data, flow.upstream)
         try:
-            self.core.receive(data, flow, self._now())
+            self.core.receive(data, flow, self._now(), waited)
         except Exception:  # a bug must cost one message, never the worker or its timers
             log.exception("internal error handling a message from %s:%d", *flow.remote)
             self.counters.inc("internal_errors")
@@ -532,7 +527,7 @@ class Worker:
 
     async def _watch_lag(self) -> None:
         """Overload control (relay/overload.py): a heartbeat every OVERLOAD_TICK tells the
-        core how late the event loop runs."""
+        core how late the worker runs: its event loop, or the datagrams it read meanwhile."""
         assert self.loop is not None
         loop = self.loop
         control = self.core.overload
@@ -541,7 +536,9 @@ class Worker:
             expected = loop.time() + OVERLOAD_TICK
             await asyncio.sleep(OVERLOAD_TICK)
             now = loop.time()
-            lag = max(0.0, now - expected)
+            # late is late, in the loop or in a socket's queue before the loop read it
+            lag = max(0.0, now - expected, self._wait_max)
+            self._wait_max = 0.0
             self._lag_max = max(self._lag_max, lag)
             change = control.beat(now, lag)
             if now >= next_report and self.link_to_supervisor is not None:
@@ -616,10 +613,9 @@ class Worker:
                 (e for a, e in self.udp.items() if (":" in a[0]) == (family == socket.AF_INET6)),
                 None,
             )
-        if ep is None or ep.transport is None:
+        if ep is None or not ep.sendto(item.data, (host, target.port)):
             self._failed(item)
             return
-        ep.transport.sendto(item.data, (host, target.port))
         if self.taps:
             self._tap("out", "udp", ep.local, (host, target.port), item.data)
 
@@ -906,14 +902,7 @@ async def _amain(args: argparse.Namespace) -> int:
     except OSError as e:
         log.error("worker %d cannot open its sockets: %s", args.index, e)
         return 1
-    # What start-up made lives as long as the worker: keep it out of every collection. A call
-    # leaves no reference cycle behind (tests/test_core_memory.py: refcounting frees it), so
-    # the young generations are collected less often (each call allocates a few hundred
-    # objects) and a full collection, which would stall the loop over every live call for
-    # a fraction of a second, is left to the rare cycles of the asyncio side.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 1000)
+    gcpolicy.configure()  # young passes small, old ones only when quiet (relay/gcpolicy.py)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []  # kept: a task nobody holds may be collected
 
