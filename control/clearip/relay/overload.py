@@ -4,16 +4,19 @@ Sans-IO. The worker reports how late it runs (`beat(now, lag)`, every few ms: it
 lateness or the longest a datagram waited in a socket's queue, whichever is worse) and every new
 call asks `admit(now, waited)`. Two rules, each enough alone for a part of the load:
 
-* An INVITE that has already waited more than `bound` in the kernel's queue is refused at once:
-  its caller has waited long enough, and refusing the stale ones is how a queue of seconds
-  empties in milliseconds. That alone keeps the queue near `bound` at any offered rate.
-* While the worker keeps up, every call is admitted. When the smoothed lag passes `bound`,
-  admission becomes a token bucket at a little under the rate of new calls offered over the
-  last second, cut by DECREASE each STEP while the lag stays high and raised by a tenth of the
-  offered rate each STEP once it is back under half the bound (so it is back to normal within
-  3 s of catching up, however low it had to go); the limit is lifted when it has grown past
-  what is offered (a multiplicative decrease and an additive increase, as TCP does with its
-  window). This one also covers calls over TCP and TLS, whose queues the worker cannot date.
+* While the worker is behind, an INVITE that has already waited more than `bound` in a queue
+  is refused at once: its caller has waited long enough, and refusing the stale ones is how a
+  queue of seconds empties in milliseconds. (Not while it keeps up: one INVITE delayed by a
+  moment's hiccup, another process on the core, is a call like any other.)
+* While the worker keeps up, every call is admitted. When the smoothed lag passes
+  TARGET·`bound` (it is "behind"), admission becomes a token bucket at a little under the rate
+  of new calls offered over the last second, cut by DECREASE each STEP while the lag stays
+  high and raised by a tenth of the offered rate each STEP once it is back under half that
+  (so it is back to normal within 3 s of catching up, however low it had to go); the limit is
+  lifted when it has grown past what is offered (a multiplicative decrease and an additive
+  increase, as TCP does with its window). Steering to half the bound leaves the queues short,
+  so a refused call hears so at once. This rule also covers calls over TCP and TLS, whose
+  queues the worker cannot date.
 
 A refused call costs a parse and a stateless 503: cheap enough that refusing the excess keeps
 the worker on time, so the refused get their 503 at once and the admitted calls keep the
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 from collections import deque
 
-TARGET = 0.5  # of `bound`: the smoothed lag the token bucket steers to, under the age rule's
+TARGET = 0.5  # of `bound`: the smoothed lag the token bucket steers to
 SMOOTHING = 0.1  # EWMA weight of one beat's lag: one spike of a burst does not trip it
 STEP = 0.25  # seconds between two changes of the admitted rate
 DECREASE = 0.85
@@ -82,8 +85,8 @@ class OverloadControl:
         self._arrivals.append(now)
         if len(self._arrivals) > 100_000:  # a flood must not grow the window without bound
             self._arrivals.popleft()
-        if waited > self.bound:
-            return False
+        if waited > self.bound and (self.rate is not None or self.lag > self.bound * TARGET):
+            return False  # behind, and this one waited too long already
         rate = self.rate
         if rate is None:
             return True
