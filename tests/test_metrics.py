@@ -18,8 +18,9 @@ from clearip.config import default_config
 from clearip.ctlsock import request
 from clearip.metrics import StatusCollector, start_metrics_server
 from clearip.relay.counters import Counters
-from clearip.supervisor import aggregate_stats
-from tests.test_supervisor import CLEARIPCTL, child_env, wait_until, write_config
+from clearip.statusreport import aggregate_stats
+from tests.helpers import wait_until
+from tests.test_supervisor import CLEARIPCTL, child_env, write_config
 
 
 def _worker(rtts: list[float], setups: list[float]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,41 +23,22 @@ from clearip import __version__
 from clearip.config import ConfigError, default_config, parse_config
 from clearip.ctlsock import ControlError, request
 from clearip.logsetup import journal_stream, setup_logging
-from clearip.relay.counters import SOURCE_COUNTER_NAMES
-from clearip.supervisor import (
+from clearip.relay.counters import COUNTER_NAMES, SOURCE_COUNTER_NAMES
+from clearip.statusreport import (
     ADDED_STATUS_KEYS,
-    COUNTER_NAMES,
     KERNEL_COUNTER_NAMES,
     STATUS_KEYS,
-    Supervisor,
     aggregate_stats,
     status_contract,
 )
+from clearip.supervisor import Supervisor
 from clearip.workerlink import WorkerChannel, WorkerError, WorkerLink, config_from_dict
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_WORKER = "tests.fake_worker"
 _SCRIPT = Path(sys.executable).with_name("clearipctl")
 CLEARIPCTL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "clearip.cli"]
-
-
-def wait_until(
-    predicate: Callable[[], Any],
-    timeout: float = 10.0,
-    what: str | Callable[[], str] = "",
-    interval: float = 0.02,
-) -> Any:
-    """predicate()'s first true value, polled every `interval` s; AssertionError after
-    `timeout` s, saying `what` (a callable: its text at that moment, such as a screen)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            said = what() if callable(what) else what or predicate
-            raise AssertionError(f"timed out after {timeout} s waiting for {said}")
-        time.sleep(interval)
 
 
 def process_gone(pid: int) -> bool:

@@ -18,15 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from clearip import __version__, capture, top, trust
-from clearip.config import DEFAULT_CONFIG_PATH, Config, ConfigError, default_config, load_config
+from clearip.cmdutil import CommandError, control_request, duration, load
+from clearip.config import DEFAULT_CONFIG_PATH, ConfigError
 from clearip.ctlsock import ControlError, NotRunning, request
 
-DEFAULT_CONFIG = DEFAULT_CONFIG_PATH
 RELOAD_REQUEST_TIMEOUT = 30.0  # the supervisor waits up to 10 s per worker
-
-
-class CommandError(Exception):
-    """A failure to report as one line on stderr."""
 
 
 @dataclass(frozen=True)
@@ -35,22 +31,6 @@ class Command:
     help: str
     run: Callable[[argparse.Namespace], int]
     arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
-
-
-def load(args: argparse.Namespace) -> tuple[str | None, Config]:
-    """The config named by --config; with no --config, the default file if it exists, else the
-    built-in defaults (so `make run` works on a fresh machine). Path None means defaults."""
-    path = args.config
-    if path is None:
-        if not os.path.exists(DEFAULT_CONFIG):
-            return None, default_config()
-        path = DEFAULT_CONFIG
-    return path, load_config(path)
-
-
-def control_request(args: argparse.Namespace, op: str, **kwargs: Any) -> Any:
-    _path, config = load(args)
-    return request(config.control.socket, op, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,7 +59,7 @@ def _status_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from clearip.supervisor import status_contract
+    from clearip.statusreport import status_contract
 
     status = control_request(args, "status")
     if not isinstance(status, dict):
@@ -89,18 +69,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(format_status(status))
     return 0
-
-
-def _duration(seconds: float) -> str:
-    total = int(seconds)
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h {minutes:02d}m"
-    if hours:
-        return f"{hours}h {minutes:02d}m {secs:02d}s"
-    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
 def _upstream_line(upstream: Mapping[str, Any]) -> str:
@@ -129,7 +97,7 @@ def format_status(status: Mapping[str, Any]) -> str:
     )
     lines = [
         f"ClearIP In-Line Proxy {status.get('version', '?')}, "
-        f"up {_duration(float(status.get('uptime_s') or 0))}",
+        f"up {duration(float(status.get('uptime_s') or 0))}",
         f"  workers    {alive}/{len(workers)} running, "
         f"{status.get('workers_restarted', 0)} restarted",
         f"  upstream   {_upstream_line(status.get('upstream') or {})}",
@@ -296,7 +264,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         path, config = load(args)
     except ConfigError as e:
-        results = [checks.config_failure(args.config or DEFAULT_CONFIG, e)]
+        results = [checks.config_failure(args.config or DEFAULT_CONFIG_PATH, e)]
     else:
         results = checks.run_checks(path, config, network=not args.no_network)
     print(checks.format_json(results) if args.json else checks.format_checklist(results))
@@ -362,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--config",
             metavar="FILE",
             default=None,
-            help=f"TOML config (default {DEFAULT_CONFIG}; built-in defaults if that is absent)",
+            help=f"TOML config (default {DEFAULT_CONFIG_PATH}; "
+            "built-in defaults if that is absent)",
         )
         command.arguments(sub_parser)
         sub_parser.set_defaults(handler=command.run)

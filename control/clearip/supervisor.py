@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import secrets
@@ -23,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,21 +33,19 @@ from clearip.ctlsock import ControlError, ControlServer, Handler, OpError
 from clearip.logsetup import set_level
 from clearip.notices import Throttle, log_notice
 from clearip.relay.conncount import make_shared
-from clearip.relay.counters import COUNTER_NAMES, DROP_REASONS, SOURCE_COUNTER_NAMES
+from clearip.relay.counters import SOURCE_COUNTER_NAMES
 from clearip.relay.tap import TRANSPORTS, check_transports
+from clearip.statusreport import (
+    KERNEL_COUNTER_NAMES,
+    OWN_KEYS,
+    aggregate_stats,
+    fastpath_placeholder,
+    int_count,
+    trust_check,
+)
 from clearip.workerlink import WorkerChannel, WorkerError
 
-__all__ = [
-    "ADDED_STATUS_KEYS",
-    "COUNTER_NAMES",
-    "KERNEL_COUNTER_NAMES",
-    "STATUS_KEYS",
-    "WORKER_MODULE",
-    "WORKER_MODULE_ENV",
-    "Supervisor",
-    "aggregate_stats",
-    "status_contract",
-]
+__all__ = ["WORKER_MODULE", "WORKER_MODULE_ENV", "Supervisor"]
 
 log = logging.getLogger(__name__)
 
@@ -64,188 +61,6 @@ LINK_LOST_WAIT = 1.0  # a worker whose link closed gets this long to exit on its
 RESTART_BACKOFF = 0.5  # first restart delay; doubled per quick failure ...
 RESTART_BACKOFF_MAX = 30.0  # ... up to this
 STABLE_AFTER = 30.0  # a worker that ran this long resets the backoff
-
-# SPEC §6 `status --json`: top-level keys, then every counter, always present even when 0.
-STATUS_KEYS = ("version", "uptime_s", "listeners", "upstream", "fastpath", "counters", "sources")
-# Keys added to the contract since (§6: more keys may be added, none renamed): what the relay
-# dropped by reason, the workers, and the sizes of their tables (for leak watching).
-ADDED_STATUS_KEYS = (
-    "drops",
-    "workers",
-    "workers_restarted",
-    "calls_lost",
-    "transactions",
-    "overload",
-)
-KERNEL_COUNTER_NAMES = (
-    "passed_pkts",
-    "passed_bytes",
-    "dropped_untrusted_pkts",
-    "dropped_nonsip_pkts",
-)
-UPSTREAM_STATES = ("connected", "connecting", "down")
-
-
-# ---------------------------------------------------------------------------------------------
-# Status assembly: pure functions over the workers' `stats` replies.
-
-
-def _fastpath_status(config: Config) -> dict[str, Any]:
-    """Before the fast-path manager has run (the first moments of start-up)."""
-    if config.fastpath.enabled == "off":
-        reason = "disabled in the config (fastpath.enabled = false)"
-    else:
-        reason = "not loaded yet: the proxy is starting"
-    return {"enabled": False, "reason": reason, "interfaces": []}
-
-
-def _int(value: object) -> int:
-    # bool is an int in Python, but a counter that says `true` is a worker bug, not 1.
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _merge_upstream(stats: list[dict[str, Any]], config: Config) -> dict[str, Any]:
-    links = [s.get("upstream") for s in stats]
-    links = [u for u in links if isinstance(u, dict)]
-    states = [u.get("state") for u in links]
-    # Every worker has its own link to ClearIP: "connected" only when all of them are.
-    if states and all(state == "connected" for state in states):
-        state = "connected"
-    elif any(state in ("connected", "connecting") for state in states):
-        state = "connecting"
-    else:
-        state = "down"
-    transport = next((u["transport"] for u in links if u.get("transport")), None)
-    tls_version = next(
-        (u["tls_version"] for u in links if u.get("state") == "connected" and u.get("tls_version")),
-        None,
-    )
-    rtts = [r for r in (_number(u.get("rtt_ms")) for u in links) if r is not None]
-    return {
-        "state": state,
-        "transport": transport or config.clearip.transport,
-        "tls_version": tls_version,
-        "rtt_ms": max(rtts) if rtts else None,  # worst of the workers: what a call may see
-    }
-
-
-def _trust_check(config: Config) -> Callable[[str], bool]:
-    try:
-        networks = [e.cidr for e in trust.entries(config.trust.sources, config.control.state_dir)]
-    except (OSError, ValueError, KeyError):
-        networks = list(config.trust.sources)  # an unreadable state file: the config's part
-
-    def trusted(address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip.version == net.version and ip in net for net in networks)
-
-    return trusted
-
-
-# Keys of a worker's stats reply merged field by field below; any other table of numbers is
-# merged generically, so a worker can report more without a supervisor change.
-_OWN_KEYS = frozenset({"counters", "sources", "listeners", "upstream"})
-_WORST_OF = frozenset({"latency", "clearip_rtt_ms", "overload"})
-
-
-def aggregate_stats(stats: Iterable[Mapping[str, Any]], config: Config) -> dict[str, Any]:
-    """Merge the workers' `stats` into the §6 `listeners`, `upstream`, `counters`, `sources`,
-    plus each other table the workers report (`latency`: worst of; anything else: summed).
-    Counts are summed because each worker counts only what the kernel handed to it."""
-    replies = [dict(s) for s in stats if isinstance(s, Mapping)]
-    counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
-    per_source: dict[str, dict[str, int]] = {}
-    listeners: list[dict[str, Any]] = []
-    seen_listeners: set[tuple[Any, Any]] = set()
-    extra: dict[str, dict[str, float]] = {}
-    for reply in replies:
-        for name, value in (reply.get("counters") or {}).items():
-            counters[str(name)] = counters.get(str(name), 0) + _int(value)
-        for address, counts in (reply.get("sources") or {}).items():
-            if not isinstance(counts, Mapping):
-                continue
-            entry = per_source.setdefault(str(address), dict.fromkeys(SOURCE_COUNTER_NAMES, 0))
-            for name, value in counts.items():  # a worker creates a key when it first counts it
-                entry[str(name)] = entry.get(str(name), 0) + _int(value)
-        for listener in reply.get("listeners") or ():
-            if not isinstance(listener, Mapping):
-                continue
-            key = (listener.get("transport"), listener.get("address"))
-            if key not in seen_listeners:  # every worker binds the same addresses
-                seen_listeners.add(key)
-                listeners.append({"transport": key[0], "address": key[1]})
-        for key, table in reply.items():
-            if key in _OWN_KEYS or not isinstance(table, Mapping):
-                continue
-            merged = extra.setdefault(str(key), {})
-            for name, value in table.items():
-                number = _number(value)
-                if number is None:
-                    continue
-                if key in _WORST_OF:
-                    # Percentiles from separate workers cannot be combined exactly; the worst
-                    # one is the honest upper bound.
-                    merged[str(name)] = max(merged.get(str(name), number), number)
-                else:  # a table of counts (final codes sent, attestation mix, ...): summed
-                    merged[str(name)] = merged.get(str(name), 0) + _int(value)
-    trusted = _trust_check(config)
-    sources = [
-        {
-            "address": address,
-            "trusted": trusted(address),
-            # filled from the eBPF per-source map by Supervisor._with_kernel_counters; zeros
-            # when the fast path is off
-            "kernel": dict.fromkeys(KERNEL_COUNTER_NAMES, 0),
-            "sip": counts,
-        }
-        for address, counts in sorted(
-            per_source.items(), key=lambda item: (-item[1]["messages_in"], item[0])
-        )
-    ]
-    return {
-        "listeners": listeners,
-        "upstream": _merge_upstream(replies, config),
-        "counters": counters,
-        "sources": sources,
-        **extra,
-    }
-
-
-def status_contract(status: Mapping[str, Any]) -> dict[str, Any]:
-    """The §6 `status --json` keys, in order, every counter present, then ADDED_STATUS_KEYS."""
-    out = {key: status.get(key) for key in STATUS_KEYS}
-    counters: dict[str, Any] = dict.fromkeys(COUNTER_NAMES, 0)
-    counters.update(status.get("counters") or {})
-    out["counters"] = counters
-    # every per-source counter too, even from a proxy older than this client
-    out["sources"] = [
-        {
-            **source,
-            "kernel": {**dict.fromkeys(KERNEL_COUNTER_NAMES, 0), **(source.get("kernel") or {})},
-            "sip": {**dict.fromkeys(SOURCE_COUNTER_NAMES, 0), **(source.get("sip") or {})},
-        }
-        for source in status.get("sources") or []
-        if isinstance(source, Mapping)
-    ]
-    out["listeners"] = list(status.get("listeners") or [])
-    out["drops"] = {**dict.fromkeys(DROP_REASONS, 0), **(status.get("drops") or {})}
-    out["workers"] = list(status.get("workers") or [])
-    out["workers_restarted"] = status.get("workers_restarted") or 0
-    out["calls_lost"] = status.get("calls_lost") or 0
-    out["transactions"] = dict(status.get("transactions") or {})
-    # the worst worker's: active (1 while a worker refuses calls), admitted_per_s, lag_ms
-    out["overload"] = dict(status.get("overload") or {})
-    return out
-
 
 def _describe_exit(returncode: int) -> str:
     if returncode < 0:
@@ -537,7 +352,7 @@ class Supervisor:
         elif event.get("event") == "pinhole" and isinstance(event.get("ip"), str):
             self._worker_pinhole(worker, event["ip"], bool(event.get("open")))
         elif event.get("event") == "load":
-            worker.calls = _int(event.get("calls"))
+            worker.calls = int_count(event.get("calls"))
         elif event.get("event") == "notice" and isinstance(event.get("kind"), str):
             kind = event["kind"]
             if self._notices.allow(kind, time.monotonic()):
@@ -793,7 +608,7 @@ class Supervisor:
             "fastpath": self._fastpath_status(),
             "counters": merged["counters"],
             "sources": await self._with_kernel_counters(merged["sources"]),
-            **{k: v for k, v in merged.items() if k not in _OWN_KEYS},
+            **{k: v for k, v in merged.items() if k not in OWN_KEYS},
             "workers": [
                 {
                     "index": w.index,
@@ -813,7 +628,7 @@ class Supervisor:
 
     def _fastpath_status(self) -> dict[str, Any]:
         if self.fastpath is None:
-            return _fastpath_status(self.config)
+            return fastpath_placeholder(self.config)
         status: dict[str, Any] = self.fastpath.status()
         return status
 
@@ -826,7 +641,7 @@ class Supervisor:
         kernel = await asyncio.to_thread(self.fastpath.sources)
         if not kernel:
             return sources
-        trusted = _trust_check(self.config)
+        trusted = trust_check(self.config)
         by_address = {s["address"]: s for s in sources}
         for address, counts in kernel.items():
             entry = by_address.get(address)
@@ -837,7 +652,7 @@ class Supervisor:
                     "kernel": {},
                     "sip": dict.fromkeys(SOURCE_COUNTER_NAMES, 0),
                 }
-            entry["kernel"] = {name: _int(counts.get(name)) for name in KERNEL_COUNTER_NAMES}
+            entry["kernel"] = {name: int_count(counts.get(name)) for name in KERNEL_COUNTER_NAMES}
         return sorted(
             by_address.values(),
             key=lambda s: (

@@ -248,7 +248,7 @@ def _header(now: Snapshot, previous: Snapshot | None) -> RenderableType:
     from rich.table import Table
     from rich.text import Text
 
-    from clearip.cli import _duration
+    from clearip.cmdutil import duration
 
     status = now.status or {}
     counters = _table(status.get("counters"))
@@ -283,7 +283,7 @@ def _header(now: Snapshot, previous: Snapshot | None) -> RenderableType:
         "proxy",
         Text.assemble(
             (f"ClearIP In-Line Proxy {status.get('version', '?')}", "bold"),
-            f" · up {_duration(float(status.get('uptime_s') or 0))}"
+            f" · up {duration(float(status.get('uptime_s') or 0))}"
             f" · workers {sum(1 for w in workers if w.get('alive'))}/{len(workers)}",
         ),
     )
@@ -594,7 +594,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from clearip.cli import load
+    from clearip.cmdutil import load
 
     _path, config = load(args)
     width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPE_WIDTH
