@@ -13,7 +13,7 @@ run: bootstrap
 	$(VENV)/bin/clearipctl run $(if $(CONFIG),--config $(CONFIG))
 
 lint: bootstrap
-	$(VENV)/bin/ruff check control tests tools
+	$(VENV)/bin/ruff check control lab tests tools
 
 test: bootstrap lint
 	$(PY) -m pytest -q tests

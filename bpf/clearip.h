@@ -1,11 +1,11 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * clearip.h - what the kernel side (clearip_tc.bpf.c) and the user side
- * (control/clearip/fastpath/bpf.py) agree on: verdicts, map sizes and map layouts.
+ * (control/clearip/fastpath/layout.py) agree on: verdicts, map sizes and map layouts.
  *
  * Python reads every `#define CLEARIP_<NAME> <integer>` line of this file with a tiny parser
- * (bpf.py: header_constants()), so keep those lines in that plain form: one decimal or hex
- * integer, no expressions. The structs are mirrored as ctypes structures in bpf.py; their
+ * (layout.py: header_constants()), so keep those lines in that plain form: one decimal or hex
+ * integer, no expressions. The structs are mirrored as ctypes structures in layout.py; their
  * sizes are pinned here by CLEARIP_*_SIZE and checked on both sides (_Static_assert below,
  * ctypes.sizeof() and the kernel's key/value sizes when Python opens a map).
  */

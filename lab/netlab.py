@@ -20,9 +20,8 @@ process the lab started, by PID, then deletes every link and namespace it made. 
 the PID of the process that made the lab (``cipl-<pid>-<hex>``), so ``cleanup_stale()`` removes
 the labs of runs that died without cleaning up, and never those of a live run.
 
-Fixtures for tests (they skip with the reason when the machine can't do namespaces):
-``netlab`` (one lab per test) and ``netlab_factory`` (``make(prefix=None, **kw) -> NetLab``).
-(PYTEST_DONT_REWRITE: a library without asserts, also loaded as a plugin after its import.)
+Shared by the tests and the benchmarks in tools/; the pytest fixtures (``netlab``,
+``netlab_factory``, skipping where namespaces can't be made) are in tests/netlab.py.
 """
 
 from __future__ import annotations
@@ -41,11 +40,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
-
-import pytest
 
 BASE = "cipl"  # every default prefix starts with it: cleanup_stale() only looks at these
 DEFAULT_STALE_GLOB = f"{BASE}-*"
@@ -211,13 +208,6 @@ def netns_unavailable_reason() -> str | None:
         with contextlib.suppress(NetLabError):
             _ip("netns", "del", probe)
     return None
-
-
-def skip_unless_netns() -> None:
-    """pytest.skip() with the reason when labs can't be built on this machine."""
-    reason = netns_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
 
 
 class Host:
@@ -642,44 +632,3 @@ class NetLab:
             shutil.rmtree(self.workdir, ignore_errors=True)
         if errors:
             raise NetLabError("lab teardown incomplete: " + "; ".join(errors))
-
-
-# ---------------------------------------------------------------------- pytest fixtures
-
-
-@functools.cache
-def _cleanup_stale_once() -> None:
-    cleanup_stale()
-
-
-@pytest.fixture
-def netlab(tmp_path: Path) -> Iterator[NetLab]:
-    """A fresh lab for one test (skipped when namespaces can't be made); closed afterwards."""
-    skip_unless_netns()
-    _cleanup_stale_once()
-    with NetLab(workdir=tmp_path / "netlab") as lab:
-        yield lab
-
-
-@pytest.fixture
-def netlab_factory(tmp_path: Path) -> Iterator[Callable[..., NetLab]]:
-    """``make(prefix=None, **kw) -> NetLab`` for tests needing several labs; all closed after."""
-    skip_unless_netns()
-    _cleanup_stale_once()
-    labs: list[NetLab] = []
-
-    def make(prefix: str | None = None, **kw: Any) -> NetLab:
-        kw.setdefault("workdir", tmp_path / f"netlab{len(labs)}")
-        lab = NetLab(prefix, **kw)
-        labs.append(lab)
-        return lab
-
-    yield make
-    errors = []
-    for lab in reversed(labs):
-        try:
-            lab.close()
-        except NetLabError as exc:
-            errors.append(str(exc))
-    if errors:
-        raise NetLabError("; ".join(errors))

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.netlab import Host, stop_process
+from lab.netlab import Host, stop_process
 
-SCENARIOS = Path(__file__).resolve().parent / "e2e" / "scenarios"
+SCENARIOS = Path(__file__).resolve().parent.parent / "tests" / "e2e" / "scenarios"
 TRANSPORTS = ("u1", "un", "t1", "tn")  # UDP / TCP, one socket or one per call
 WAIT_SLACK = 15.0  # seconds the Python wait allows beyond sipp's own -timeout
 

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.netlab import Host, NetLab
-from tests.sippy_runner import make_tls_files, run_sipp, start_sipp
+from lab.netlab import Host, NetLab
+from lab.sippy_runner import make_tls_files, run_sipp, start_sipp
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python")

@@ -12,7 +12,7 @@ import ipaddress
 import pytest
 
 from clearip import trust
-from clearip.fastpath import bpf, nft
+from clearip.fastpath import maps, nft
 
 # input -> the network every enforcer must hold (None: every enforcer refuses it)
 CASES = {
@@ -49,7 +49,7 @@ def nft_view(text: str) -> str | None:
 
 def bpf_view(text: str) -> str | None:
     try:
-        return str(bpf._parse_cidr(text))
+        return str(maps._parse_cidr(text))
     except ValueError:
         return None
 
@@ -77,7 +77,7 @@ def test_a_source_address_is_the_same_address_everywhere(source: str, want: str 
     except nft.NftError:
         nft_addr = None
     try:
-        bpf_addr: str | None = str(bpf._parse_ip(source))
+        bpf_addr: str | None = str(maps._parse_ip(source))
     except ValueError:
         bpf_addr = None
     assert (nft_addr, bpf_addr) == (want, want)

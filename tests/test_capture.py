@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab.netlab import Host, NetLab
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
@@ -37,7 +38,7 @@ from tests.calllab import (
     SWITCH_IP,
     Lab,
 )
-from tests.netlab import Host, NetLab, skip_unless_netns
+from tests.netlab import skip_unless_netns
 
 CTL = str(REPO / ".venv" / "bin" / "clearipctl")
 WAIT = 20.0  # seconds any one wait of the live tests may take at most
@@ -451,7 +452,7 @@ def test_decrypted_shows_the_clearip_leg_in_clear(lab: Lab) -> None:
 def fastpath_lab() -> Iterator[Any]:
     """The lab of test_e2e_fastpath: a proxy with its fast path on, a provider outside the
     trusted list (reached through its pinhole), a rogue host. Started for one test only."""
-    from clearip.fastpath.bpf import remove_all
+    from clearip.fastpath.tc import remove_all
     from tests.test_e2e_fastpath import Lab as FastPathLab
     from tests.test_e2e_fastpath import fastpath_name
 
@@ -477,7 +478,8 @@ except OSError:
 def test_fast_path_drops_are_marked(fastpath_lab: Any) -> None:
     """What the kernel drops is marked; what it passes (trusted, or a provider through its
     pinhole) is not."""
-    from tests.sippy_runner import run_sipp, start_sipp
+    from lab.sippy_runner import run_sipp, start_sipp
+
     from tests.test_e2e_fastpath import NUMBER, PROVIDER, ROGUE, SWITCH
 
     lab = fastpath_lab

@@ -343,9 +343,10 @@ def test_fastpath_auto_probes_bcc_headers_and_nft(tmp_path: Path) -> None:
 
 def test_fastpath_on_failure_is_a_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from clearip.fastpath import bpf
+    from clearip.fastpath.errors import FastPathUnavailable
 
     def no_bcc() -> None:
-        raise bpf.FastPathUnavailable("bcc is not importable", "apt-get install python3-bpfcc")
+        raise FastPathUnavailable("bcc is not importable", "apt-get install python3-bpfcc")
 
     monkeypatch.setattr(bpf, "_import_bcc", no_bcc)
     monkeypatch.setattr(checks, "check_nftables", lambda config: checks.Check("nftables", True, ""))

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab.netlab import Host, NetLab
+from lab.sippy_runner import run_sipp, start_sipp
 
-from clearip.fastpath.bpf import open_pinned
-from tests.netlab import Host, NetLab, skip_unless_netns
-from tests.sippy_runner import run_sipp, start_sipp
-from tests.test_supervisor import wait_until
+from clearip.fastpath.maps import open_pinned
+from tests.helpers import wait_until
+from tests.netlab import skip_unless_netns
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
@@ -169,7 +170,7 @@ metrics = ""
 """)
 
     def start(self) -> None:
-        from clearip.fastpath.bpf import ensure_bpffs
+        from clearip.fastpath.maps import ensure_bpffs
 
         ensure_bpffs()  # the proxy's pins must land in the bpffs this process sees
         # its own mount namespace for the hosts file; the network namespace's, not the host's
@@ -244,7 +245,7 @@ def lab() -> Iterator[Lab]:
         with NetLab() as net:
             yield Lab(net)
     finally:
-        from clearip.fastpath.bpf import remove_all
+        from clearip.fastpath.tc import remove_all
 
         remove_all(fastpath_name(), interfaces=[])
 
@@ -425,7 +426,7 @@ def test_ipv6_destination_options_from_an_untrusted_source_is_dropped_and_counte
 
 
 def test_reload_applies_trust_to_the_kernel(lab: Lab) -> None:
-    from clearip.fastpath.bpf import open_pinned
+    from clearip.fastpath.maps import open_pinned
 
     def kernel_trusts_rogue() -> tuple[bool, bool]:
         nft = lab.proxy.run(["nft", "list", "set", "inet", lab.name, "trusted4"]).stdout

@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from lab.netlab import NetLab
+from lab.sippy_runner import SippProc, SippResult, start_sipp
 
 from tests.calllab import JUST_OVER, JUST_UNDER, OUTBOUND, PROXY_IP, REPO, VIA_TCP, Lab
-from tests.netlab import NetLab, skip_unless_netns
-from tests.sippy_runner import SippProc, SippResult, start_sipp
-from tests.test_supervisor import wait_until
+from tests.helpers import wait_until
+from tests.netlab import skip_unless_netns
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

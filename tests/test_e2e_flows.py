@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lab.netlab import NetLab
+from lab.sippy_runner import TlsFront, run_sipp
 
 from clearip.stir import load_key, parse_identity, verify_passport
 from tests.calllab import (
@@ -32,8 +34,7 @@ from tests.calllab import (
     VIA_TCP,
     Lab,
 )
-from tests.netlab import NetLab, skip_unless_netns
-from tests.sippy_runner import TlsFront, run_sipp
+from tests.netlab import skip_unless_netns
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

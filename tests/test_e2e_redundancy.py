@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from lab.netlab import Host, NetLab
+from lab.sippy_runner import run_sipp
 
 from tests.calllab import OUTBOUND, PROXY_IP, REPO, Lab, status_of
-from tests.netlab import Host, NetLab, skip_unless_netns
-from tests.sippy_runner import run_sipp
+from tests.netlab import skip_unless_netns
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lab.netlab import NetLab
+from lab.sippy_runner import TlsFront, make_tls_files, start_sipp
 
 from tests.calllab import FOLDED, PROV_B_IP, PROXY_IP, REPO, ROGUE_IP, SLOW, VIA_TLS, Lab
-from tests.netlab import NetLab, skip_unless_netns
-from tests.sippy_runner import TlsFront, make_tls_files, start_sipp
+from tests.netlab import skip_unless_netns
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -14,13 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lab.netlab import NetLab
 
 from clearip import hep
 from clearip.ctlsock import request
 from clearip.relay.tap import TapReader, TapRecord
 from tests.calllab import CLEARIP_IP, OUTBOUND, PROV_A_IP, PROXY_IP, ROGUE_IP, SWITCH_IP, Lab
-from tests.netlab import NetLab, skip_unless_netns
-from tests.test_supervisor import wait_until
+from tests.helpers import wait_until
+from tests.netlab import skip_unless_netns
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -2,7 +2,7 @@
 
 Three layers, each skipped with its reason when the machine cannot run it:
 
-- plain: clearip.h and bpf.py agree; set-up failures say why and what to do.
+- plain: clearip.h and layout.py agree; set-up failures say why and what to do.
 - root + bcc: BPF_PROG_TEST_RUN feeds hand-made frames to the loaded classifier, so every
   parsing case has an exact verdict and exact counters, with no network at all.
 - root + bcc + namespaces: the classifier on eth0 of a `proxy` namespace, real traffic from
@@ -33,19 +33,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab.netlab import Host, NetLab, cleanup_stale, stop_process
 
-from clearip.fastpath import bpf
-from clearip.fastpath.bpf import (
-    SRC_STATS_FIELDS,
-    BpfFastPath,
-    FastPathUnavailable,
-    PinnedMaps,
-    bpf_syscall,
-    header_mismatches,
-    open_pinned,
-    remove_all,
-)
-from tests.netlab import Host, NetLab, cleanup_stale, skip_unless_netns, stop_process
+from clearip.fastpath import bpf, layout
+from clearip.fastpath import maps as mapsmod
+from clearip.fastpath import syscall as syscallmod
+from clearip.fastpath.bpf import BpfFastPath
+from clearip.fastpath.errors import FastPathError, FastPathUnavailable
+from clearip.fastpath.layout import SRC_STATS_FIELDS, header_mismatches
+from clearip.fastpath.maps import PinnedMaps, open_pinned
+from clearip.fastpath.syscall import bpf_syscall
+from clearip.fastpath.tc import remove_all
+from tests.helpers import wait_until
+from tests.netlab import skip_unless_netns
 
 TC_ACT_UNSPEC = -1  # not ours / passed: the next filter (or the stack) decides
 TC_ACT_SHOT = 2
@@ -64,9 +64,9 @@ _STALE_PIN_RE = re.compile(r"cipt_[a-z]+_(\d+)_[0-9a-f]{4}")
 def _cleanup_stale_pins() -> list[str]:
     """Unpins the maps of earlier runs that died before their clean-up (their PID is gone);
     their tc filters went with their namespaces."""
-    root = Path(bpf.DEFAULT_PIN_ROOT)
+    root = Path(mapsmod.DEFAULT_PIN_ROOT)
     removed: list[str] = []
-    if bpf._fstype(root) != "bpf":
+    if mapsmod.fstype(root) != "bpf":
         return removed
     for entry in root.iterdir():
         m = _STALE_PIN_RE.fullmatch(entry.name)
@@ -76,15 +76,8 @@ def _cleanup_stale_pins() -> list[str]:
 
 
 def _wait_for(what: str, cond: Callable[[], Any], timeout: float = 5.0) -> Any:
-    """Polls `cond` until it returns something truthy; fails with `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+    """wait_until with the words first."""
+    return wait_until(cond, timeout, what)
 
 
 # =============================================================================================
@@ -93,7 +86,7 @@ def _wait_for(what: str, cond: Callable[[], Any], timeout: float = 5.0) -> Any:
 
 def test_header_and_python_mirror_agree() -> None:
     assert header_mismatches() == []
-    consts = bpf.header_constants()
+    consts = layout.header_constants()
     assert consts["CLEARIP_PROBE_LEN"] == consts["CLEARIP_METHOD_MAX"] + 1
     assert len(SRC_STATS_FIELDS) * 8 == consts["CLEARIP_SRC_STATS_SIZE"]
 
@@ -150,7 +143,7 @@ def test_open_pinned_when_nothing_is_pinned_says_so(tmp_path: Path) -> None:
         open_pinned("cipt_none", pin_root=tmp_path)  # not a bpffs
     assert "no bpf filesystem" in err.value.reason
     assert "start the proxy" in err.value.fix
-    if os.geteuid() == 0 and bpf._fstype(Path(bpf.DEFAULT_PIN_ROOT)) == "bpf":
+    if os.geteuid() == 0 and mapsmod.fstype(Path(mapsmod.DEFAULT_PIN_ROOT)) == "bpf":
         name = _unique_name("absent")
         with pytest.raises(FastPathUnavailable) as err:
             open_pinned(name)
@@ -481,7 +474,7 @@ def test_trusted_list_is_replaced_exactly(fp: BpfFastPath) -> None:
     with pytest.raises(ValueError, match="host bits"):
         fp.set_trusted(["10.9.4.4/24"])
     with pytest.raises(ValueError, match="holds"):
-        fp.set_trusted([f"10.{i >> 8}.{i & 255}.0/24" for i in range(bpf.MAX_TRUSTED + 1)])
+        fp.set_trusted([f"10.{i >> 8}.{i & 255}.0/24" for i in range(layout.MAX_TRUSTED + 1)])
     assert fp.trusted() == ["10.9.4.4/32"]  # refused lists change nothing
     fp.set_trusted([])
     assert fp.trusted() == []
@@ -640,7 +633,9 @@ def test_only_the_proxys_own_destinations_are_judged(fp: BpfFastPath) -> None:
     with pytest.raises(ValueError, match="not an IP address"):
         fp.set_local_addresses(["proxy.example.net"])
     with pytest.raises(ValueError, match="holds"):
-        fp.set_local_addresses([f"10.{i >> 8}.{i & 255}.1" for i in range(bpf.MAX_LOCAL_ADDRS + 1)])
+        fp.set_local_addresses(
+            [f"10.{i >> 8}.{i & 255}.1" for i in range(layout.MAX_LOCAL_ADDRS + 1)]
+        )
     assert fp.local_addresses() == []  # refused lists change nothing
 
     # an address judged before and after a change is judged throughout: new in, then old out
@@ -662,7 +657,7 @@ def test_vlan_tagged_frames_are_judged_once(fp: BpfFastPath) -> None:
     assert _totals_delta(fp, [_vlan([(dot1q, 100)], invite)]) == ([TC_ACT_UNSPEC], {})
     assert _totals_delta(fp, [_vlan([(dot1ad, 0), (dot1q, 7)], invite)]) == ([-1], {})
     # priority tags (VLAN ID 0) stay on this device: judged here, behind up to the bound
-    for tags in ([(dot1q, 0)], [(dot1ad, 0), (dot1q, 0)], [(dot1q, 0)] * bpf.MAX_VLAN_TAGS):
+    for tags in ([(dot1q, 0)], [(dot1ad, 0), (dot1q, 0)], [(dot1q, 0)] * layout.MAX_VLAN_TAGS):
         verdicts, moved = _delta(fp, rogue, [_vlan(tags, invite)])
         assert (verdicts, moved["dropped_untrusted_pkts"]) == ([TC_ACT_SHOT], 1)
         verdicts, moved = _delta(fp, switch, [_vlan(tags, options)])
@@ -670,7 +665,7 @@ def test_vlan_tagged_frames_are_judged_once(fp: BpfFastPath) -> None:
     v6 = _vlan([(dot1q, 0)], udp6("fd09:2::11", INVITE))
     assert _verdict(fp.prog_fd, v6) == TC_ACT_SHOT
     # more priority tags than the walk's bound hide the IP header: dropped, in totals only
-    deep = _vlan([(dot1q, 0)] * (bpf.MAX_VLAN_TAGS + 1), invite)
+    deep = _vlan([(dot1q, 0)] * (layout.MAX_VLAN_TAGS + 1), invite)
     assert _totals_delta(fp, [deep]) == ([TC_ACT_SHOT], {"dropped_untrusted": 1})
 
 
@@ -710,7 +705,7 @@ def test_percpu_sums_are_exact() -> None:
         n, words = 257, 6
         values = [rng.getrandbits(top) for _ in range(n * ncpus * words)]
         raw = struct.pack(f"={len(values)}Q", *values)
-        got = list(bpf._sum_percpu(raw, n, ncpus, words, words))
+        got = list(syscallmod._sum_percpu(raw, n, ncpus, words, words))
         want = [
             tuple(
                 sum(values[(i * ncpus + c) * words + f] for c in range(ncpus)) for f in range(words)
@@ -718,7 +713,7 @@ def test_percpu_sums_are_exact() -> None:
             for i in range(n)
         ]
         assert got == want, (ncpus, top)
-    assert list(bpf._sum_percpu(b"", 0, 4, 6, 6)) == []
+    assert list(syscallmod._sum_percpu(b"", 0, 4, 6, 6)) == []
 
 
 @pytest.mark.parametrize(
@@ -726,8 +721,8 @@ def test_percpu_sums_are_exact() -> None:
     ["10.9.0.1", "::", "::1", "::10.9.0.1", "fd09::10", "2001:db8::1:0:0:1", "fe80::1", "ff02::1"],
 )
 def test_map_keys_read_back_as_the_address_text_status_shows(addr: str) -> None:
-    parsed = bpf._parse_ip(addr) if addr != "::" else ipaddress.IPv6Address(addr)
-    assert bpf._addr_text(bpf._addr_key(parsed)) == str(parsed)
+    parsed = mapsmod._parse_ip(addr) if addr != "::" else ipaddress.IPv6Address(addr)
+    assert mapsmod._addr_text(mapsmod._addr_key(parsed)) == str(parsed)
 
 
 @pytest.mark.parametrize(
@@ -751,14 +746,14 @@ def test_trusted_sources_take_the_normal_form_of_every_enforcer(
 ) -> None:
     if normal is None:
         with pytest.raises(ValueError, match="trusted source"):
-            bpf._parse_cidr(text)
+            mapsmod._parse_cidr(text)
     else:
-        assert str(bpf._parse_cidr(text)) == normal
+        assert str(mapsmod._parse_cidr(text)) == normal
     addr = text.partition("/")[0]
     if "/" not in text and "%" not in text:
-        assert str(bpf._parse_ip(addr)) == normal.partition("/")[0]  # type: ignore[union-attr]
+        assert str(mapsmod._parse_ip(addr)) == normal.partition("/")[0]  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="not an IP address"):
-        bpf._parse_ip("fe80::1%eth0")
+        mapsmod._parse_ip("fe80::1%eth0")
 
 
 def test_open_pinned_refuses_maps_it_does_not_know() -> None:
@@ -777,19 +772,21 @@ def test_open_pinned_refuses_maps_it_does_not_know() -> None:
 # line "REPLY <json>" that also says how many netlink sessions the command opened.
 LOADER_PY = """
 import asyncio, json, signal, sys
-from clearip.fastpath import bpf
-from clearip.fastpath.bpf import BpfFastPath, attach_candidates
+from clearip.fastpath import bpf, tc
+from clearip.fastpath.bpf import BpfFastPath
+from clearip.fastpath.tc import attach_candidates
 
 cfg = json.loads(sys.argv[1])
 sessions = 0
-netlink = bpf._netlink
+netlink = tc.netlink
 
 def counted(fn):
     global sessions
     sessions += 1
     return netlink(fn)
 
-bpf._netlink = counted
+bpf.netlink = counted  # what BpfFastPath calls (attach, reconcile, detach)
+tc.netlink = counted  # what attach_candidates() calls
 
 async def main():
     fp = BpfFastPath(cfg["name"], [tuple(p) for p in cfg["ports"]], cfg["max_sources"])
@@ -908,7 +905,7 @@ for i in range(count):
 # prints what it removed as JSON.
 REMOVE_ALL_PY = """
 import json, sys
-from clearip.fastpath.bpf import remove_all
+from clearip.fastpath.tc import remove_all
 print(json.dumps(remove_all(sys.argv[1], sys.argv[2:] or None)))
 """
 
@@ -1128,7 +1125,7 @@ class Rig:
         return [ln for ln in res.stdout.splitlines() if f"clearip:{self.name}:" in ln]
 
     def pins(self) -> list[str]:
-        d = Path(bpf.DEFAULT_PIN_ROOT) / self.name
+        d = Path(mapsmod.DEFAULT_PIN_ROOT) / self.name
         return sorted(os.listdir(d)) if d.exists() else []
 
 
@@ -1152,7 +1149,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         pytest.skip(f"eBPF fast path unavailable here: {exc.reason} (fix: {exc.fix})")
     finally:
         probe.close()
-    bpf.ensure_bpffs()
+    mapsmod.ensure_bpffs()
     cleanup_stale()
     _cleanup_stale_pins()
     workdir = tmp_path_factory.mktemp("fastpath")
@@ -1425,23 +1422,23 @@ def test_lab_worker_opens_a_pinhole_through_its_own_two_maps(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert rig.rogue.ip6 is not None
-    with open_pinned(rig.name, only=bpf.PINHOLE_MAPS) as holes:
+    with open_pinned(rig.name, only=layout.PINHOLE_MAPS) as holes:
         assert sorted(holes.map_ids()) == ["pinholes_v4", "pinholes_v6"]
         calls: list[int] = []
-        syscall = bpf.bpf_syscall
+        syscall = syscallmod.bpf_syscall
 
         def counted(cmd: int, attr: ctypes.Structure) -> int:
             calls.append(cmd)
             return syscall(cmd, attr)
 
-        monkeypatch.setattr(bpf, "bpf_syscall", counted)
+        monkeypatch.setattr(syscallmod, "bpf_syscall", counted)
         holes.add_pinhole(rig.rogue.ip6, 30)
         assert len(calls) == 1  # a new pinhole: one atomic create
         holes.add_pinhole(rig.rogue.ip6, 10)
         assert len(calls) == 3  # open long enough already: the create fails, one lookup
         monkeypatch.undo()
         rig.assert_passes(rig.rogue, _sip(b"SIP/2.0 200 OK\r\nX:", "worker-hole"), v6=True)
-        with pytest.raises(bpf.FastPathError, match="not opened"):
+        with pytest.raises(FastPathError, match="not opened"):
             holes.read_sources()
         assert holes.remove_pinhole(rig.rogue.ip6)
     rig.assert_dropped(rig.rogue, _sip(b"BYE", "worker-closed"), "untrusted", v6=True)
@@ -1499,7 +1496,7 @@ def test_lab_replace_detach_crash_and_cleanup(rig: Rig) -> None:
 
     # the first one stopping late takes neither the successor's filter nor its pins
     assert first.stop() == 0 and "STOPPED" in first.text()
-    assert len(rig.tc_filters()) == 1 and rig.pins() == sorted(bpf.MAP_NAMES)
+    assert len(rig.tc_filters()) == 1 and rig.pins() == sorted(layout.MAP_NAMES)
     rig.assert_dropped(rig.rogue, _sip(b"INVITE", "after-first-stop"), "untrusted")
 
     # a clean stop: detach + unpin leave no filter and no pin, and the port is open again
@@ -1520,7 +1517,7 @@ def test_lab_replace_detach_crash_and_cleanup(rig: Rig) -> None:
         assert third.reconcile(["eth0", "vd7"])[0] == ["vd7: attached"]
         rig.ip(rig.proxy, "link", "set", "vd7", "down")
         third.stop(signal.SIGKILL)
-        assert len(rig.tc_filters()) == 1 and rig.pins() == sorted(bpf.MAP_NAMES)
+        assert len(rig.tc_filters()) == 1 and rig.pins() == sorted(layout.MAP_NAMES)
         rig.reopen_maps()
         rig.assert_dropped(rig.rogue, _sip(b"INVITE", "after-crash"), "untrusted")
         rig.maps.close()
@@ -1531,7 +1528,7 @@ def test_lab_replace_detach_crash_and_cleanup(rig: Rig) -> None:
         )
         removed = json.loads(out.stdout)
         assert sorted(r.split(":")[0] for r in removed if "tc filter" in r) == ["eth0", "vd7"]
-        assert sum(r.startswith("pin ") for r in removed) == len(bpf.MAP_NAMES)
+        assert sum(r.startswith("pin ") for r in removed) == len(layout.MAP_NAMES)
         assert rig.tc_filters() == [] and rig.pins() == []
     finally:
         rig.ip(rig.proxy, "link", "del", "vd7")

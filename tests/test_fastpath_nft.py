@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab.netlab import Host, NetLab
 
 from clearip.fastpath import nft as nftmod
 from clearip.fastpath.nft import NftError, NftFastPath
-from tests.netlab import Host, NetLab, skip_unless_netns
+from tests.netlab import skip_unless_netns
 
 UDP_PORTS = [5060, 5070, 5071]
 TCP_PORTS = [5060, 5061]

@@ -1,5 +1,5 @@
-"""The end-to-end harness itself: labs of network namespaces (tests/netlab.py), SIPp runs
-(tests/sippy_runner.py) and every scenario of tests/e2e/scenarios/ proven against a SIPp
+"""The end-to-end harness itself: labs of network namespaces (lab/netlab.py), SIPp runs
+(lab/sippy_runner.py) and every scenario of tests/e2e/scenarios/ proven against a SIPp
 counterpart directly, with no proxy in between, so a later proxy test that fails points at
 the proxy and not at the harness."""
 
@@ -14,15 +14,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
-from tests.netlab import (
-    NetLab,
-    cleanup_stale,
-    list_namespaces,
-    namespace_pids,
-    skip_unless_netns,
-)
-from tests.sippy_runner import (
+from lab.netlab import NetLab, cleanup_stale, list_namespaces, namespace_pids
+from lab.sippy_runner import (
     SCENARIOS,
     TlsFront,
     make_tls_files,
@@ -30,8 +23,9 @@ from tests.sippy_runner import (
     start_sipp,
 )
 
+from tests.netlab import skip_unless_netns
+
 pytestmark = pytest.mark.root
-pytest_plugins = ["tests.netlab"]  # the netlab / netlab_factory fixtures
 
 CALLED = "12025550123"
 

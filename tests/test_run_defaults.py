@@ -11,10 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from lab.netlab import NetLab
 
 from tests.calllab import status_of
-from tests.netlab import NetLab, skip_unless_netns
-from tests.test_supervisor import wait_until
+from tests.helpers import wait_until
+from tests.netlab import skip_unless_netns
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab.netlab import NetLab
 from rich.console import Console
 
 from clearip import trust
 from clearip.top import Snapshot, add_arguments, format_mix, render, rows
 from tests.calllab import INBOUND, OUTBOUND, SWITCH_IP, Lab
-from tests.netlab import NetLab, skip_unless_netns
-from tests.test_supervisor import wait_until
+from tests.helpers import wait_until
+from tests.netlab import skip_unless_netns
 
 ROOT = Path(__file__).resolve().parent.parent
 CLEARIPCTL = str(ROOT / ".venv" / "bin" / "clearipctl")

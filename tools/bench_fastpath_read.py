@@ -20,10 +20,12 @@ import statistics
 import sys
 import time
 
-from clearip.fastpath import bpf
+from clearip.fastpath import syscall
+from clearip.fastpath.bpf import BpfFastPath
+from clearip.fastpath.errors import FastPathUnavailable
 
 
-def fill(fp: bpf.BpfFastPath, sources: int, admitted: int) -> None:
+def fill(fp: BpfFastPath, sources: int, admitted: int) -> None:
     """`sources` rows: IPv4 10.x.y.z as the classifier keys them (::ffff:a.b.c.d). The first
     `admitted` go to the admitted sources' map when this version has one."""
     maps = fp.maps._maps  # the raw maps: this tool writes rows the classifier would
@@ -50,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("needs root: it loads an eBPF program", file=sys.stderr)
         return 2
-    fp = bpf.BpfFastPath(f"cipb_{secrets.token_hex(3)}", [("udp", 5060)], args.sources)
+    fp = BpfFastPath(f"cipb_{secrets.token_hex(3)}", [("udp", 5060)], args.sources)
     try:
         fp.load()
-    except bpf.FastPathUnavailable as exc:
+    except FastPathUnavailable as exc:
         print(f"fast path unavailable: {exc.reason} (fix: {exc.fix})", file=sys.stderr)
         return 2
     try:
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def fp_ncpus() -> int:
-    return bpf._possible_cpus()
+    return syscall._possible_cpus()
 
 
 if __name__ == "__main__":

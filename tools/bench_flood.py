@@ -4,7 +4,7 @@ Run by `make bench` (arguments through `BENCH_FLOOD_ARGS=...`; `BENCH_FLOOD=0` s
 SPEC §7: "Under a flood from untrusted sources, trusted calls complete with unchanged latency,
 and the relay process sees none of the flood (fast path on), compared with the fast path off."
 
-Everything happens in a lab of network namespaces of our own (tests/netlab.py) on one bridge:
+Everything happens in a lab of network namespaces of our own (lab/netlab.py) on one bridge:
 
     proxy    10.77.0.10  `clearipctl run` (UDP+TCP 5060), trust = switch + clearip only
     switch   10.77.0.11  SIPp uac_call.xml: the trusted calls (INVITE/200/ACK/BYE)
@@ -77,11 +77,11 @@ from benchcommon import (
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # tests.netlab, tests.sippy_runner
+    sys.path.insert(0, str(REPO))  # lab.netlab, lab.sippy_runner
 
 if TYPE_CHECKING:
-    from tests.netlab import Host, NetLab
-    from tests.sippy_runner import SippProc
+    from lab.netlab import Host, NetLab
+    from lab.sippy_runner import SippProc
 
 PYTHON = sys.executable
 PROXY, SWITCH, CLEARIP, PROVIDER, FLOODER = (
@@ -280,7 +280,7 @@ class Flooders:
 
     def stop(self) -> FloodResult:
         """SIGTERM to every flooder (they print their counts and exit), bounded waits."""
-        from tests.netlab import stop_process
+        from lab.netlab import stop_process
 
         for proc in self.procs:
             if proc.poll() is None:
@@ -529,8 +529,8 @@ log_level = "warning"
     # -- a phase
 
     def run_phase(self, phase: str, fastpath: bool, flood: bool) -> PhaseResult:
-        from tests.netlab import stop_process
-        from tests.sippy_runner import start_sipp
+        from lab.netlab import stop_process
+        from lab.sippy_runner import start_sipp
 
         args = self.args
         calls = max(1, round(args.call_rate * args.seconds))
@@ -897,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"bench_flood: {problem}")
         return 2
 
-    from tests.netlab import NetLab, cleanup_stale, netns_unavailable_reason
+    from lab.netlab import NetLab, cleanup_stale, netns_unavailable_reason
 
     reason = netns_unavailable_reason()
     if reason:

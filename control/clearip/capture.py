@@ -145,7 +145,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clearip.cli import CommandError, load
+    from clearip.cmdutil import CommandError, load
 
     _path, config = load(args)
     try:
@@ -319,7 +319,8 @@ def _fastpath_rules(
     fastpath = status.get("fastpath") or {}
     if not fastpath.get("enabled"):
         return None, None, f"the fast path is off: {fastpath.get('reason') or 'no reason given'}"
-    from clearip.fastpath.bpf import FastPathError, open_pinned
+    from clearip.fastpath.errors import FastPathError
+    from clearip.fastpath.maps import open_pinned
 
     # The kernel's own lists, not the config's: what the classifier really applies, pinholes
     # included, and the same after an `allow` or a reload.

@@ -106,7 +106,8 @@ def format_json(checks: list[Check]) -> str:
 
 
 def check_privileges(config: Config) -> Check:
-    from clearip.fastpath.bpf import FastPathUnavailable, _check_privileges
+    from clearip.fastpath.bpf import _check_privileges
+    from clearip.fastpath.errors import FastPathUnavailable
 
     try:
         _check_privileges()
@@ -234,12 +235,8 @@ def check_fastpath(config: Config) -> list[Check]:
     mode = config.fastpath.enabled
     if mode == "off":
         return [Check("fast path", True, "disabled in the config (fastpath.enabled = false)")]
-    from clearip.fastpath.bpf import (
-        FastPathUnavailable,
-        _check_kernel_headers,
-        _import_bcc,
-        kernel_build_dir,
-    )
+    from clearip.fastpath.bpf import _check_kernel_headers, _import_bcc, kernel_build_dir
+    from clearip.fastpath.errors import FastPathUnavailable
 
     warning = mode == "auto"
     out: list[Check] = []

@@ -28,17 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clearip.config import Config
-from clearip.fastpath.bpf import (
-    PINHOLE_MAPS,
-    BpfFastPath,
-    FastPathError,
-    FastPathUnavailable,
-    _netlink,
-    attach_candidates,
-    open_pinned,
-    remove_all,
-)
+from clearip.fastpath.bpf import BpfFastPath
+from clearip.fastpath.errors import FastPathError, FastPathUnavailable
+from clearip.fastpath.layout import PINHOLE_MAPS
+from clearip.fastpath.maps import open_pinned
 from clearip.fastpath.nft import NftError, NftFastPath
+from clearip.fastpath.tc import attach_candidates, netlink, remove_all
 from clearip.relay.events import PRIVATE_PORT_OFFSET
 from clearip.trust import TrustList
 
@@ -83,7 +78,7 @@ def host_addresses() -> set[str]:
                     out.add(value.split("%")[0])
         return out
 
-    found: set[str] = _netlink(fn)
+    found: set[str] = netlink(fn)
     return found
 
 
