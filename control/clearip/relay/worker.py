@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import signal
 import socket
 import ssl
 import struct
-import subprocess
 import sys
 import time
 import zlib
@@ -29,18 +27,18 @@ from time import perf_counter
 from typing import Any
 
 from clearip.config import Config, ConfigError, HostPort, load_config
-from clearip.hep import HepSink
 from clearip.notices import log_notice
 from clearip.relay import gcpolicy
 from clearip.relay.conncount import ConnCounts
+from clearip.relay.copies import Copies
 from clearip.relay.core import ProxyCore
 from clearip.relay.counters import Counters
 from clearip.relay.events import PRIVATE_PORT_OFFSET, Address, Flow, Send
 from clearip.relay.handoff import Handoff
+from clearip.relay.localaddr import LocalAddresses, wildcard
 from clearip.relay.resolver import Resolver
 from clearip.relay.routing import is_ip_literal
 from clearip.relay.streams import ConnectionTable, StreamConnection, plain_ip
-from clearip.relay.tap import SocketSink, TapRecord
 from clearip.relay.udp import UdpEndpoint
 from clearip.relay.upstream import UpstreamLink
 from clearip.sip.stun import binding_request, binding_success
@@ -51,7 +49,6 @@ log = logging.getLogger("clearip.worker")
 IDLE_SWEEP_INTERVAL = 10.0
 TLS_HANDSHAKE_TIMEOUT = 10.0
 REFUSAL_LOG_INTERVAL = 60.0
-HEP_RESOLVE_INTERVAL = 60.0
 OVERLOAD_TICK = 0.01  # the event-loop heartbeat of overload control
 
 _CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
@@ -68,25 +65,6 @@ def owner_of(data: bytes, workers: int) -> int | None:
     if m is None:
         return None
     return zlib.crc32(m.group(1).strip()) % workers  # stable across processes, unlike hash()
-
-
-def _wildcard(host: str) -> bool:
-    return host in ("0.0.0.0", "::")
-
-
-def local_addresses() -> set[str]:
-    """Every address configured on this host (for recognising Routes that name us)."""
-    addrs = {"127.0.0.1", "::1"}
-    try:
-        out = subprocess.run(
-            ["ip", "-j", "addr", "show"], capture_output=True, timeout=5, check=True
-        ).stdout
-        for link in json.loads(out):
-            for info in link.get("addr_info", []):
-                addrs.add(info["local"])
-    except (OSError, subprocess.SubprocessError, ValueError, KeyError):
-        pass
-    return addrs
 
 
 class Worker:
@@ -124,15 +102,13 @@ class Worker:
         self.listen_socks: list[socket.socket] = []  # TCP/TLS listeners (accepted by hand)
         self.link: UpstreamLink | None = None
         self.listeners: list[dict[str, str]] = []
-        self.local_ips: set[str] = set()
-        self.local_ports: set[int] = set()
+        self.local = LocalAddresses()
         self._pending_connects: dict[tuple[str, str, int], list[Send]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.handoff: Handoff | None = None
         self.handoff_dir = handoff_dir  # the supervisor's private directory for hand-offs
         self.link_to_supervisor: Any = None  # WorkerLink, once the supervisor is connected
-        self._route_cache: dict[str, str] = {}
         self.resolver = Resolver()
         self._tls_clients: dict[tuple[bool, str], ssl.SSLContext] = {}
         self._tls_server: ssl.SSLContext | None = None
@@ -140,10 +116,7 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._latency = self.counters.latency.append
         # copies of every message for `capture --decrypted` and HEP3; empty: no cost
-        self.taps: list[Any] = []
-        self.hep: HepSink | None = None
-        self.hep_configured: tuple[str, int] | None = None
-        self._hep_task: asyncio.Task[None] | None = None
+        self.copies = Copies(self.local, self._spawn, index)
         # the sockets this worker binds at start; a reload keeps them (and so these)
         listen = config.listen
         self._listen_by_transport = {"udp": listen.udp, "tcp": listen.tcp, "tls": listen.tls}
@@ -151,27 +124,6 @@ class Worker:
         self.pinhole_maps: Any = None  # the fast path's pinned pinhole maps, when it is on
 
     # -- Environment -------------------------------------------------------------------------------
-
-    def _local_host_toward(self, dest_host: str, listeners: tuple[Any, ...]) -> str:
-        for lst in listeners:
-            if not _wildcard(lst.host):
-                return lst.host
-        # bound to a wildcard: the source address the kernel would pick toward the peer
-        cached = self._route_cache.get(dest_host)
-        if cached is not None:
-            return cached
-        host = "127.0.0.1"
-        if is_ip_literal(dest_host):
-            family = socket.AF_INET6 if ":" in dest_host else socket.AF_INET
-            with socket.socket(family, socket.SOCK_DGRAM) as s:
-                try:
-                    s.connect((dest_host, 9))
-                    host = s.getsockname()[0]
-                except OSError:
-                    pass
-        if len(self._route_cache) < 4096:
-            self._route_cache[dest_host] = host
-        return host
 
     def _listeners_for(self, transport: str) -> tuple[Any, ...]:
         return self._listen_by_transport.get(transport, ())
@@ -184,7 +136,7 @@ class Worker:
             port = adv.port
         if transport == "udp":
             port += PRIVATE_PORT_OFFSET + self.index  # responses come back to this worker
-        host = adv.host if adv is not None else self._local_host_toward(dest_host, listeners)
+        host = adv.host if adv is not None else self.local.toward(dest_host, listeners)
         return host, port
 
     def rr_address(self, transport: str, peer_host: str) -> Address:
@@ -193,10 +145,10 @@ class Worker:
         adv = self.config.listen.advertise
         if adv is not None:
             return adv.host, adv.port or port
-        return self._local_host_toward(peer_host, listeners), port
+        return self.local.toward(peer_host, listeners), port
 
     def is_local(self, host: str, port: int | None) -> bool:
-        return host in self.local_ips and (port is None or port in self.local_ports)
+        return self.local.is_local(host, port)
 
     def is_trusted(self, ip: str) -> bool:
         return ip in self.trust
@@ -238,15 +190,7 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         cfg = self.config
         self.pinhole_maps = open_pinhole_maps(cfg)  # before any listener: accept asks it
-        self.local_ips = local_addresses()
-        if cfg.listen.advertise is not None:
-            self.local_ips.add(cfg.listen.advertise.host)
-        for lst in (*cfg.listen.udp, *cfg.listen.tcp, *cfg.listen.tls):
-            self.local_ports.add(lst.port)
-            if not _wildcard(lst.host):
-                self.local_ips.add(lst.host)
-        if cfg.listen.advertise is not None and cfg.listen.advertise.port:
-            self.local_ports.add(cfg.listen.advertise.port)
+        self.local.discover(cfg, self.workers)
         if self.workers > 1 and self.handoff_dir:
             # before any shared socket: a message landing here for another worker's call must
             # be handed over from the first one (a restarted worker joins a running proxy)
@@ -256,7 +200,6 @@ class Worker:
             # requests go out from a port of this worker's own, even when it is the only one:
             # their answers come straight back to it, and need no pinhole in the fast path
             port = lst.port + PRIVATE_PORT_OFFSET + self.index
-            self.local_ports.update(lst.port + PRIVATE_PORT_OFFSET + i for i in range(self.workers))
             ep = self._open_udp((lst.host, port), shared=False)
             family = socket.AF_INET6 if ":" in lst.host else socket.AF_INET
             self.private.setdefault(family, ep)
@@ -266,7 +209,7 @@ class Worker:
             self._tls_server = server_tls_context(cfg)
             for lst in cfg.listen.tls:
                 await self._open_stream_server("tls", (lst.host, lst.port), self._tls_server)
-        source = next((t.host for t in cfg.listen.tcp if not _wildcard(t.host)), None)
+        source = next((t.host for t in cfg.listen.tcp if not wildcard(t.host)), None)
         self.link = UpstreamLink(
             cfg.clearip,
             cfg.limits.max_message_bytes,
@@ -276,7 +219,7 @@ class Worker:
             source_ip=source,
         )
         self.link.start()
-        self._set_hep(cfg)
+        self.copies.set_hep(cfg)
         self._spawn(self._sweep_idle())
         self._spawn(self._watch_lag())
 
@@ -398,12 +341,12 @@ class Worker:
         else:
             self._refusals_suppressed += 1
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         """A task this worker keeps until it ends, and cancels when it stops."""
-        assert self.loop is not None
-        task = self.loop.create_task(coro)
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def stop(self, grace: float) -> None:
         """Graceful stop: no new calls; calls being set up get their answers, then exit."""
@@ -511,8 +454,8 @@ class Worker:
         started = perf_counter()
         if waited > self._wait_max:
             self._wait_max = waited
-        if self.taps:
-            self._tap("in", flow.transport, flow.remote, flow.local, data, flow.upstream)
+        if self.copies:
+            self.copies.emit("in", flow.transport, flow.remote, flow.local, data, flow.upstream)
         try:
             self.core.receive(data, flow, self._now(), waited)
         except Exception:  # a bug must cost one message, never the worker or its timers
@@ -588,8 +531,8 @@ class Worker:
             conn = self.link.get(target.conn) if self.link and target.conn is not None else None
             if conn is None or not conn.write(item.data):
                 self._failed(item)
-            elif self.taps:
-                self._tap("out", conn.name, conn.local, conn.remote, item.data, True)
+            elif self.copies:
+                self.copies.emit("out", conn.name, conn.local, conn.remote, item.data, True)
             return
         if target.transport == "udp":
             self._send_udp(item)
@@ -616,8 +559,8 @@ class Worker:
         if ep is None or not ep.sendto(item.data, (host, target.port)):
             self._failed(item)
             return
-        if self.taps:
-            self._tap("out", "udp", ep.local, (host, target.port), item.data)
+        if self.copies:
+            self.copies.emit("out", "udp", ep.local, (host, target.port), item.data)
 
     async def _resolve_and_send(self, item: Send) -> None:
         try:
@@ -645,8 +588,8 @@ class Worker:
             if conn is not None:
                 self.core.resolved(item.token, conn.remote[0])
         if conn is not None and conn.write(item.data):
-            if self.taps:
-                self._tap("out", conn.name, conn.local, conn.remote, item.data)
+            if self.copies:
+                self.copies.emit("out", conn.name, conn.local, conn.remote, item.data)
             return
         key = (target.transport, target.host, target.port)
         pending = self._pending_connects.get(key)
@@ -693,8 +636,8 @@ class Worker:
             self.core.resolved(item.token, conn.remote[0])
             if not conn.write(item.data):
                 self._failed(item)
-            elif self.taps:
-                self._tap("out", conn.name, conn.local, conn.remote, item.data)
+            elif self.copies:
+                self.copies.emit("out", conn.name, conn.local, conn.remote, item.data)
         self._flush()
 
     def _next_hop_tls(self, host: str) -> ssl.SSLContext:
@@ -713,90 +656,11 @@ class Worker:
             self._tls_clients[key] = ctx
         return ctx
 
-    # -- tap ---------------------------------------------------------------------------------------
-
-    def _tap(
-        self,
-        direction: str,
-        transport: str,
-        src: Address,
-        dst: Address,
-        data: bytes,
-        upstream: bool = False,
-    ) -> None:
-        # a socket bound to a wildcard has no address of its own: name the one the peer sees
-        if _wildcard(src[0]):
-            src = (self._local_host_toward(dst[0], ()), src[1])
-        elif _wildcard(dst[0]):
-            dst = (self._local_host_toward(src[0], ()), dst[1])
-        record = TapRecord(time.time(), direction, transport, src, dst, data, upstream)
-        dead = False
-        for sink in self.taps:
-            if sink.wants(transport):
-                try:
-                    sink.emit(record)
-                except Exception:  # a copy is never worth the message itself
-                    sink.dropped += 1
-                    log.debug("tap copy failed", exc_info=True)
-                dead = dead or sink.dead
-        if dead:
-            for sink in [s for s in self.taps if s.dead]:
-                log.info("capture tap %s has gone; stopped copying to it", sink.path)
-                self.remove_tap(sink.path)
-
     def add_tap(self, path: str, transports: list[str]) -> None:
-        self.remove_tap(path)
-        self.taps.append(SocketSink(path, transports))
+        self.copies.add_tap(path, transports)
 
     def remove_tap(self, path: str) -> None:
-        for sink in [s for s in self.taps if getattr(s, "path", None) == path]:
-            self.taps.remove(sink)
-            sink.close()
-
-    def _set_hep(self, config: Config) -> None:
-        """Start, move or stop HEP3 export to match `control.hep` (at start and on reload)."""
-        want = config.control.hep
-        target = (want.host, want.port) if want is not None else None
-        if target == self.hep_configured:
-            return
-        self.hep_configured = target
-        if self._hep_task is not None:
-            self._hep_task.cancel()
-            self._hep_task = None
-        if self.hep is not None:
-            self.taps.remove(self.hep)
-            self.hep.close()
-            self.hep = None
-        if target is not None:
-            assert self.loop is not None
-            self._hep_task = self.loop.create_task(self._follow_collector(*target))
-            self._tasks.add(self._hep_task)
-            self._hep_task.add_done_callback(self._tasks.discard)
-
-    async def _follow_collector(self, host: str, port: int) -> None:
-        """Resolve the collector without blocking, now and every HEP_RESOLVE_INTERVAL, and
-        point the export at whatever it resolves to (a collector that moves is followed)."""
-        assert self.loop is not None
-        failing = False
-        while True:
-            try:
-                infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-                address = (str(infos[0][4][0]), int(infos[0][4][1]))
-                if self.hep is None:
-                    self.hep = HepSink(address)
-                    self.taps.append(self.hep)
-                    if self.index == 0:
-                        log.info("HEP3 export to %s:%d", *address)
-                elif self.hep.address != address:
-                    self.hep.retarget(address)
-                    if self.index == 0:
-                        log.info("HEP3 collector %s now at %s:%d", host, *address)
-                failing = False
-            except OSError as e:
-                if not failing and self.index == 0:
-                    log.error("HEP export: cannot resolve collector %s:%d: %s", host, port, e)
-                failing = True
-            await asyncio.sleep(HEP_RESOLVE_INTERVAL)
+        self.copies.remove_tap(path)
 
     def _failed(self, item: Send) -> None:
         if item.token is not None:
@@ -810,11 +674,7 @@ class Worker:
         snap["listeners"] = self.listeners
         snap["upstream"] = self.link.status() if self.link else {"state": "down"}
         snap["handoff_local"] = self.handoff.overflow if self.handoff else 0
-        snap["tap"] = {
-            "captures": sum(1 for s in self.taps if s is not self.hep),
-            "dropped": sum(s.dropped for s in self.taps),
-            "hep_sent": self.hep.sent if self.hep is not None else 0,
-        }
+        snap["tap"] = self.copies.stats()
         control = self.core.overload
         snap["overload"] = {
             "active": int(control.active),
@@ -837,7 +697,7 @@ class Worker:
         self.core.config = config
         self.core.overload.bound = config.limits.overload_lag
         self.apply_trust()
-        self._set_hep(config)
+        self.copies.set_hep(config)
 
     def set_trusted(self, cidrs: list[str]) -> None:
         self.trust.set(cidrs)
@@ -858,7 +718,7 @@ def open_pinhole_maps(cfg: Config) -> Any:
     supervisor loads it before starting any worker)."""
     if cfg.fastpath.enabled == "off":
         return None
-    from clearip.fastpath.bpf import open_pinned
+    from clearip.fastpath.maps import open_pinned
 
     try:
         return open_pinned(cfg.fastpath.name, only=("pinholes_v4", "pinholes_v6"))

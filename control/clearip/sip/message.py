@@ -98,13 +98,6 @@ class SipMessage:
                     out.append(value)
         return out
 
-    def _cached(self, key: str, make: Any) -> Any:
-        try:
-            return self._cache[key]
-        except KeyError:
-            value = self._cache[key] = make()
-            return value
-
     def _single(self, key: str) -> bytes:
         value = self.get(key)
         if value is None:

@@ -591,7 +591,7 @@ def make_cancel(invite: Request) -> Request:
 
 
 def _raw_line(msg: Request | Response, key: str) -> bytes:
-    for k, line in zip(msg._keys, msg._lines, strict=True):
+    for k, line in msg.header_lines():
         if k == key:
             return line
     raise SipProtocolError(f"missing {key.title()} header")
@@ -610,7 +610,7 @@ def _hop_request(invite: Request, method: str, to_line: bytes) -> Request:
     if len(values) > 1:  # several Via values on one line: keep the top one only
         via = via[:colon] + b": " + values[0]
     cseq = _raw_line(invite, "cseq")
-    routes = [line for k, line in zip(invite._keys, invite._lines, strict=True) if k == "route"]
+    routes = [line for k, line in invite.header_lines() if k == "route"]
     lines = [
         via,
         *routes,
