@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clearip.relay.overload import STEP, OverloadControl
+from clearip.relay.overload import STEP, SUSTAIN, OverloadControl
 
 
 def drive(
@@ -36,6 +36,16 @@ def test_a_worker_that_keeps_up_admits_everything_despite_spikes() -> None:
     assert refused == 0 and admitted >= 1999
 
 
+def test_a_loop_some_tens_of_ms_late_for_seconds_refuses_nothing() -> None:
+    """Another process on the core or a collector pass: the loop runs 20-38 ms late for a few
+    seconds (as seen at 75 % of the knee with SIPp on the same two cores). Calls wait a little
+    longer, none is refused."""
+    ctl = OverloadControl(bound=0.04)
+    drive(ctl, 0, 2, 600, 0.001)
+    admitted, refused = drive(ctl, 2, 3, 600, 0.038)
+    assert not ctl.active and refused == 0 and admitted >= 1799
+
+
 def test_behind_it_admits_under_the_offered_rate_and_refuses_the_rest() -> None:
     ctl = OverloadControl(bound=0.04)
     drive(ctl, 0, 2, 800, 0.001)  # a second of history at 800/s
@@ -62,13 +72,30 @@ def test_it_climbs_back_and_lifts_the_limit_once_the_loop_is_on_time() -> None:
 def test_behind_a_call_that_waited_past_the_bound_in_a_queue_is_refused_at_once() -> None:
     """The worker may look on time to its own loop while seconds of INVITEs wait in a socket
     queue: once it is behind, each new call is judged by how long it waited there too. One
-    INVITE delayed by a moment's hiccup while it keeps up is a call like any other."""
+    INVITE delayed by a burst or a moment's hiccup before that is a call like any other."""
     ctl = OverloadControl(bound=0.04)
     assert ctl.admit(0.0, waited=0.2)  # a hiccup: nothing else says the worker is behind
-    for n in range(5):  # datagrams waiting 300 ms: the smoothed lag passes half the bound
-        ctl.beat(0.01 * n, 0.3)
-    assert ctl.lag > 0.02
-    ctl.rate = None  # (the token bucket, tested above, would refuse by rate as well)
-    assert ctl.admit(0.06, waited=0.039)
-    assert not ctl.admit(0.061, waited=0.041)
-    assert ctl.offered_rate(0.062) == 3.0  # all were offered
+    t = 0.0
+    while ctl.beat(t, 0.1) != "on":  # datagrams waiting 100 ms, beat after beat
+        t += 0.01
+        assert t < 2 * SUSTAIN
+    assert t >= SUSTAIN  # a burst shorter than that never gets here
+    ctl.rate = 1e9  # (the token bucket, tested above, would refuse by rate as well)
+    assert ctl.admit(t + 0.5, waited=0.019)  # under half the bound: still a call
+    assert not ctl.admit(t + 0.501, waited=0.021)
+
+
+def test_a_burst_over_the_bound_for_less_than_sustain_refuses_nothing() -> None:
+    ctl = OverloadControl(bound=0.04)
+    drive(ctl, 0, 2, 600, 0.001)
+    _admitted, refused = drive(ctl, 2, SUSTAIN * 0.6, 600, 0.1)  # a 100 ms backlog, briefly
+    assert not ctl.active and refused == 0
+
+
+def test_a_backlog_growing_fast_is_behind_at_once() -> None:
+    ctl = OverloadControl(bound=0.04)
+    drive(ctl, 0, 2, 1600, 0.001)
+    t = 2.0
+    while ctl.beat(t, 1.0) != "on":  # a second of backlog: twice the knee offered
+        t += 0.01
+    assert t - 2.0 < 0.3
