@@ -59,7 +59,7 @@ def test_an_unmatched_2xx_is_never_forwarded_statelessly() -> None:
     rig = Rig()
     fake = (
         f"SIP/2.0 200 OK\r\n"
-        f"Via: SIP/2.0/UDP 10.0.0.1:5070;branch={rig.core.new_branch()}\r\n"
+        f"Via: SIP/2.0/UDP 10.0.0.1:5070;branch={rig.core.ids.branch()}\r\n"
         f"Via: SIP/2.0/TCP 203.0.113.9:25;branch=z9hG4bK-victim\r\n"
         f"From: <sip:a@x>;tag=1\r\nTo: <sip:b@y>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n"
         f"Content-Length: 12\r\n\r\nHELO victim\n"
@@ -70,12 +70,12 @@ def test_an_unmatched_2xx_is_never_forwarded_statelessly() -> None:
 
 def test_branches_and_tags_carry_64_random_bits() -> None:
     core = ProxyCore(Rig().core.config, Rig().core.env, Counters(), worker=1, instance="abcd1234")
-    branches = {core.new_branch() for _ in range(1000)}
+    branches = {core.ids.branch() for _ in range(1000)}
     assert len(branches) == 1000
     for b in branches:
         magic, worker, instance, rnd = b.split(".")
         assert (magic, worker, instance, len(rnd)) == ("z9hG4bK", "cip1", "abcd1234", 16)
-    assert len({core.new_tag() for _ in range(1000)}) == 1000
+    assert len({core.ids.tag() for _ in range(1000)}) == 1000
 
 
 def test_injected_randomness_gives_exact_ids() -> None:
@@ -84,8 +84,8 @@ def test_injected_randomness_gives_exact_ids() -> None:
         rig.core.config, rig.core.env, Counters(), instance="0badcafe",
         random_bytes=lambda n: b"\x11" * n,
     )  # fmt: skip
-    assert core.new_branch() == "z9hG4bK.cip0.0badcafe.1111111111111111"
-    assert core.new_tag() == "cip1111111111111111"
+    assert core.ids.branch() == "z9hG4bK.cip0.0badcafe.1111111111111111"
+    assert core.ids.tag() == "cip1111111111111111"
 
 
 def test_loop_detection_by_instance_a_twin_proxys_via_is_no_loop() -> None:
@@ -93,7 +93,7 @@ def test_loop_detection_by_instance_a_twin_proxys_via_is_no_loop() -> None:
     twin = "Via: SIP/2.0/UDP 10.0.0.9:5070;branch=z9hG4bK.cip0.feedf00d.0123456789abcdef\r\n"
     out = rig.feed(invite(extra=twin), SWITCH)
     assert only(out, to=SWITCH).status == 100  # routed, not 482
-    ours = f"Via: SIP/2.0/UDP 10.0.0.1:5070;branch={rig.core.new_branch()}\r\n"
+    ours = f"Via: SIP/2.0/UDP 10.0.0.1:5070;branch={rig.core.ids.branch()}\r\n"
     looped = rig.feed(invite(call_id="loop", branch="z9hG4bK-l", extra=ours), SWITCH)
     resp = only(looped, to=SWITCH)
     assert not isinstance(resp, Request) and resp.status == 482

@@ -20,6 +20,7 @@ from clearip.config import Config, HostPort
 from clearip.notices import Throttle
 from clearip.relay.counters import Counters
 from clearip.relay.events import Address, Flow, Send, Target
+from clearip.relay.ids import Ids
 from clearip.relay.overload import OverloadControl
 from clearip.relay.refusals import Refusals
 from clearip.relay.routing import default_port, is_emergency, is_ip_literal
@@ -47,7 +48,6 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, PRACK, INFO, REFER, NOTIFY"
 IN_DIALOG_METHODS = frozenset(
     {"ACK", "BYE", "INVITE", "UPDATE", "PRACK", "INFO", "REFER", "NOTIFY", "OPTIONS", "MESSAGE"}
 )
-BRANCH_MAGIC = "z9hG4bK"
 
 
 class Environment(Protocol):
@@ -129,9 +129,7 @@ class ProxyCore:
         # and a branch that can be predicted is a response that can be forged. `instance`
         # names this proxy (all its workers): a Via of ours in a request is a loop, a twin
         # proxy's is not. Tests inject `random_bytes` to assert exact bytes.
-        self._random = random_bytes
-        self.instance = instance or random_bytes(4).hex()
-        self._branch_prefix = f"{BRANCH_MAGIC}.cip{worker}.{self.instance}."
+        self.ids = Ids(worker, instance or random_bytes(4).hex(), random_bytes)
         self._outbox: list[Send] = []
         self._timers: list[_Timer] = []
         self._cancelled = 0  # cancelled tickets still in the heap
@@ -266,25 +264,12 @@ class ProxyCore:
 
     # -- helpers for Call and Relay ------------------------------------------------------------
 
-    def new_branch(self) -> str:
-        return self._branch_prefix + self._random(8).hex()
-
-    def new_tag(self) -> str:
-        return "cip" + self._random(8).hex()
-
-    def is_our_branch(self, branch: str | None) -> bool:
-        """A branch this proxy (any of its workers) made: z9hG4bK.cip<worker>.<instance>.<rnd>"""
-        if branch is None or not branch.startswith(BRANCH_MAGIC + ".cip"):
-            return False
-        parts = branch.split(".", 3)
-        return len(parts) == 4 and parts[2] == self.instance
-
     def via_for(self, target: Target) -> str:
         return str(self._new_via(target))
 
     def _new_via(self, target: Target) -> Via:
         host, port = self.env.via_address(target.transport, target.host)
-        params: dict[str, str | None] = {"branch": self.new_branch(), "rport": None}
+        params: dict[str, str | None] = {"branch": self.ids.branch(), "rport": None}
         return Via(target.transport.upper(), host.lower(), port, params)
 
     def add_via(self, req: Request, target: Target) -> None:
@@ -360,7 +345,7 @@ class ProxyCore:
     ) -> None:
         """A locally generated response to the request of server transaction `rec`."""
         request = rec.tx.request
-        tag = self.new_tag() if status > 100 else None
+        tag = self.ids.tag() if status > 100 else None
         self.respond(
             rec, build_response(request, status, reason, to_tag=tag, headers=headers or ()), now
         )
@@ -377,7 +362,7 @@ class ProxyCore:
     ) -> None:
         """An answer that holds no transaction. Given `now`, a refused INVITE is remembered
         (relay/refusals.py): a retransmission gets the same answer, its ACK is absorbed."""
-        tag = self.new_tag()
+        tag = self.ids.tag()
         resp = build_response(request, status, reason, to_tag=tag, headers=headers or ())
         self.counters.final_code(status)
         self.send(resp.to_bytes(), response_target(request, flow))
@@ -702,7 +687,7 @@ class ProxyCore:
 
     def _is_loop(self, req: Request) -> bool:
         """RFC 3261 §16.3 step 4, simplified: one of our own branches is already in the Vias."""
-        return any(self.is_our_branch(v.branch) for v in req.vias)
+        return any(self.ids.is_ours(v.branch) for v in req.vias)
 
     def _malformed(self, data: bytes, flow: Flow, err: SipProtocolError) -> None:
         """SPEC §3 bad input: 400 with the reason when the Via can be read, else a counted drop."""

@@ -15,14 +15,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import re
 import signal
 import socket
 import ssl
 import struct
 import sys
 import time
-import zlib
 from time import perf_counter
 from typing import Any
 
@@ -35,6 +33,7 @@ from clearip.relay.core import ProxyCore
 from clearip.relay.counters import Counters
 from clearip.relay.events import PRIVATE_PORT_OFFSET, Address, Flow, Send
 from clearip.relay.handoff import Handoff
+from clearip.relay.ids import owner_of
 from clearip.relay.localaddr import LocalAddresses, wildcard
 from clearip.relay.resolver import Resolver
 from clearip.relay.routing import is_ip_literal
@@ -50,22 +49,6 @@ IDLE_SWEEP_INTERVAL = 10.0
 TLS_HANDSHAKE_TIMEOUT = 10.0
 REFUSAL_LOG_INTERVAL = 60.0
 OVERLOAD_TICK = 0.01  # the event-loop heartbeat of overload control
-
-_CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
-_OUR_BRANCH = re.compile(rb"branch=z9hG4bK\.cip(\d+)\.")
-
-
-def owner_of(data: bytes, workers: int) -> int | None:
-    """Which worker a datagram belongs to, from a cheap scan (None: can't tell, keep it)."""
-    if data.startswith(b"SIP/2.0 "):
-        m = _OUR_BRANCH.search(data, 0, 2048)
-        if m is not None:
-            return int(m.group(1)) % workers
-    m = _CALL_ID.search(data)
-    if m is None:
-        return None
-    return zlib.crc32(m.group(1).strip()) % workers  # stable across processes, unlike hash()
-
 
 class Worker:
     """Implements the core's Environment and moves bytes between sockets and the core."""
