@@ -205,9 +205,13 @@ log_level = "info"
     def counters(self) -> dict[str, int]:
         return self.status()["counters"]
 
-    def emulator_requests(self) -> list[dict[str, Any]]:
+    def emulator_records(self) -> list[dict[str, Any]]:
+        """Everything the emulator logged: connections, requests, the responses it sent."""
         lines = self.emu_log.read_text().splitlines() if self.emu_log.exists() else []
-        return [r for r in map(json.loads, lines) if r.get("event") == "request"]
+        return [json.loads(line) for line in lines]
+
+    def emulator_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.emulator_records() if r.get("event") == "request"]
 
     def call(self, scenario: str, service: str, host: Host | None = None, **kw: Any):
         return run_sipp(

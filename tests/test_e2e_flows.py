@@ -34,6 +34,7 @@ from tests.calllab import (
     VIA_TCP,
     Lab,
 )
+from tests.helpers import wait_until
 from tests.netlab import skip_unless_netns
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -245,7 +246,17 @@ def test_allow_and_deny_act_live(lab: Lab) -> None:
 def test_cancel_at_clearip_stage(lab: Lab) -> None:
     res = lab.call("uac_cancel_early.xml", SLOW)
     assert (res.successful, res.failed) == (1, 0), res
-    time.sleep(1.2)  # ClearIP's late answer is absorbed: nothing goes to a provider
+    # ClearIP ends its INVITE with 487, never the 302 it would have sent a second later: once
+    # that final is out, nothing can go to a provider (no fixed wait for "nothing happened")
+    wait_until(
+        lambda: any(
+            r.get("event") == "response" and r.get("status") == 487
+            for r in lab.emulator_records()
+            if r.get("number") == f"+{SLOW}"
+        ),
+        5.0,
+        "ClearIP's 487 for the cancelled INVITE",
+    )
     asked = [r for r in lab.emulator_requests() if r.get("number") == f"+{SLOW}"]
     assert [r["method"] for r in asked] == ["INVITE", "CANCEL"]
 

@@ -128,3 +128,17 @@ def test_tools_and_the_lab_never_import_tests_and_the_product_never_imports_eith
         for name in sorted(_top_level_imports(path) & banned)
     ]
     assert offenders == []
+
+
+LONG = 700
+REASON = "Longer than 700 lines:"
+
+
+def test_a_module_over_700_lines_says_why_at_its_top() -> None:
+    unexplained = [
+        f"{path.relative_to(ROOT)}: {len(lines)} lines"
+        for path in sorted(CONTROL.rglob("*.py"))
+        if len(lines := path.read_text().splitlines()) > LONG
+        and not any(REASON in line for line in lines[:40])
+    ]
+    assert unexplained == []

@@ -4,6 +4,9 @@ Every key is optional. An unknown key or a bad value is refused with its key pat
 so an operator learns about a typo when the proxy starts, not from a call that goes wrong later.
 Each key is declared once, with its default written exactly as in §4 and the parser that checks
 it; the default is run through that parser, so defaults and parsed files cannot drift apart.
+
+Longer than 700 lines: every key of §4 in one table with its default and parser; split by
+section, the one list that `check`, the README and the refusals read would scatter.
 """
 
 from __future__ import annotations

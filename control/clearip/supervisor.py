@@ -7,6 +7,9 @@ the plain asyncio loop, not uvloop: the fast-path code that will live here (pyro
 
 Workers are told apart by index. Each has a socketpair to the supervisor (see `workerlink`);
 the worker exits when the supervisor's end closes, so no worker outlives the supervisor.
+
+Longer than 700 lines: the workers' lifecycle, the control operations and the fast path's
+watchdog share one loop and its state; what it reports is assembled in statusreport.
 """
 
 from __future__ import annotations

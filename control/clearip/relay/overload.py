@@ -15,7 +15,7 @@ call asks `admit(now, waited)`. Two rules, each enough alone for a part of the l
   over TARGET·`bound`, and raised by a tenth of the offered rate each STEP once it is back
   under half that (so it is back to normal within 3 s of catching up, however low it had to
   go); the limit is lifted when it has grown past what is offered (a multiplicative decrease
-  and an additive increase, as TCP does with its window). It enters after a second over
+  and an additive increase, as TCP does with its window). It enters after SUSTAIN over
   `bound` (at once past FAR·`bound`) but steers to half of it: a burst of INVITEs or a loop
   some tens of milliseconds late for a moment (another process on the core, a collector pass)
   is no reason to refuse a call, while once behind the queues are kept short, so a refused
@@ -38,8 +38,8 @@ DECREASE = 0.85
 INCREASE = 0.1  # of the offered rate, per STEP
 WINDOW = 1.0  # seconds of new calls that make the "offered" rate
 BURST = 0.05  # seconds of the admitted rate the bucket may hold
-SUSTAIN = 1.0  # seconds the smoothed lag stays over `bound` before the worker is behind ...
-FAR = 4.0  # ... unless it passes FAR·`bound`: a backlog growing that fast is no hiccup
+SUSTAIN = 0.5  # seconds the smoothed lag stays over `bound` before the worker is behind ...
+FAR = 6.0  # ... unless it passes FAR·`bound`: a backlog growing that fast is no hiccup
 
 
 class OverloadControl:

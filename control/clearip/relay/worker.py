@@ -7,6 +7,10 @@ private UDP port of its own, so responses come straight back to it.
 
 Started by the supervisor as `python -m clearip.relay.worker --config FILE --index I
 --workers N --ctl-fd FD`.
+
+Longer than 700 lines: the byte pump for UDP, TCP/TLS (accept with its limits, connect,
+write) and the ClearIP link around one event loop. Its other jobs have modules of their own:
+udp, streams, upstream, handoff, resolver, localaddr, copies, gcpolicy.
 """
 
 from __future__ import annotations
