@@ -1,6 +1,8 @@
 """Issue 11 end to end, in the shared call lab (two workers, ClearIP over TLS, fast path off so
 the relay's own checks are what is tested):
 
+- a 2xx that matches no transaction is never forwarded statelessly to the Via under ours
+  (on main it was: a trusted or pinholed host could bounce responses anywhere), only counted;
 - a forged 302 from a host that learnt the branch (as any provider sees our Via) is ignored:
   the call goes where ClearIP's own, later 302 says, and the forger gets nothing;
 - a 302 whose Identity and P-Asserted-Identity are folded over two lines (legal SIP, and on
@@ -22,6 +24,7 @@ from lab.netlab import NetLab
 from lab.sippy_runner import TlsFront, make_tls_files, start_sipp
 
 from tests.calllab import FOLDED, PROV_B_IP, PROXY_IP, REPO, ROGUE_IP, SLOW, VIA_TLS, Lab
+from tests.helpers import wait_until
 from tests.netlab import skip_unless_netns
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -45,6 +48,23 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for port in ports:
     for _ in range(3):
         s.sendto(forged, (proxy, int(port)))
+"""
+
+UNMATCHED = r"""
+import socket, sys
+proxy, victim, ports = sys.argv[1], sys.argv[2], sys.argv[3:]
+for n, port in enumerate(ports):
+    stray = (
+        "SIP/2.0 200 OK\r\n"
+        f"Via: SIP/2.0/UDP {proxy}:{port};branch=z9hG4bK.cip0.00000000.{n:016x};rport\r\n"
+        f"Via: SIP/2.0/UDP {victim}:5060;branch=z9hG4bK-victim{n}\r\n"
+        "From: <sip:+13035550199@10.77.0.11>;tag=a\r\n"
+        f"To: <sip:+12025550123@{proxy}>;tag=b\r\n"
+        f"Call-ID: stray-{n}\r\nCSeq: 1 INVITE\r\n"
+        f"Contact: <sip:x@{victim}:5060>\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(stray, (proxy, int(port)))
 """
 
 LISTEN = r"""
@@ -94,6 +114,25 @@ def test_a_forged_302_from_a_sniffing_host_is_ignored(lab: Lab) -> None:
     assert log == "nothing", log  # ... the forger nothing
     drops = lab.status().get("drops", {})
     assert drops.get("response_forged", 0) > before, json.dumps(drops)
+
+
+def test_an_unmatched_2xx_is_counted_never_forwarded_statelessly(lab: Lab) -> None:
+    listener = lab.rogue.popen(["python3", "-c", LISTEN, ROGUE_IP, "3"])
+    lab.rogue.wait_udp(5060, ip=ROGUE_IP, proc=listener)
+    before = lab.status().get("drops", {}).get("response_unmatched", 0)
+    ports = ["5060", *(str(p) for p in range(5070, 5070 + len(lab.status()["workers"])))]
+    # from the trusted switch, and from a provider (the fast path is off: it reaches the relay)
+    for host in (lab.switch, lab.prov_a):
+        host.run(["python3", "-c", UNMATCHED, PROXY_IP, ROGUE_IP, *ports], timeout=10)
+    listener.wait(15)
+    log = Path(listener.log_path).read_text().strip()  # type: ignore[attr-defined]
+    assert log == "nothing", log  # the victim under our Via got nothing
+    expected = before + 2 * len(ports)
+    wait_until(
+        lambda: lab.status().get("drops", {}).get("response_unmatched", 0) >= expected,
+        5.0,
+        f"{2 * len(ports)} more response_unmatched drops",
+    )
 
 
 def test_a_folded_identity_from_clearip_still_completes_the_call(lab: Lab) -> None:
