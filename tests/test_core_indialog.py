@@ -152,3 +152,25 @@ def test_a_next_hop_named_by_host_is_pinholed_by_the_address_used() -> None:
     rig.core.resolved(branch[0].token, "10.0.0.14")  # what the adapter does before sending
     assert rig.core.env.pinholes == [("10.0.0.14", True)]
     assert rig.core.is_pinholed("10.0.0.14")
+
+
+def test_a_silent_dialog_is_forgotten_after_twelve_hours() -> None:
+    """A dialog whose BYE never comes (lost, or sent through another proxy) must not hold its
+    table entry and pinhole for ever."""
+    rig = answered_call()
+    rig.advance(12 * 3600 + 1)
+    assert rig.core.dialogs == {} and not rig.core.is_pinholed(PROV_B[0])
+
+
+def test_a_call_that_still_talks_outlives_twelve_hours() -> None:
+    """Issue 10, finding 2 at the dialog level: the age counts from the last request in the
+    dialog, not from the call's start, so a long call's BYE still reaches the switch."""
+    rig = answered_call()
+    for refresh in range(1, 5):  # a session refresh from the callee every 6 hours
+        rig.advance(6 * 3600)
+        cseq = f"CSeq: {10 + refresh} UPDATE"
+        update = request("UPDATE", branch=f"z9hG4bK-refresh-{refresh}")
+        only(rig.feed(update.replace(b"CSeq: 7 UPDATE", cseq.encode()), PROV_B), to=SWITCH)
+    assert rig.core.is_pinholed(PROV_B[0])  # 24 h into the call
+    fwd = only(rig.feed(request("BYE"), PROV_B), to=SWITCH)
+    assert isinstance(fwd, Request) and fwd.method == "BYE"

@@ -181,8 +181,8 @@ class ProxyCore:
                 self._tx_events(obj, obj.tx.on_timer(now), now)
             elif hasattr(obj, "on_timer"):
                 self._guarded(obj, now, obj.on_timer, now)
-            else:  # a Dialog past its maximum age
-                self.dialog_ended(obj.call_id)
+            else:  # a Dialog: forgotten once idle for DIALOG_IDLE
+                self._dialog_timer(obj, now)
 
     def arm(self, obj: Any) -> None:
         """(Re)schedule `obj` at its current deadline, or unschedule it (deadline None).
@@ -453,10 +453,14 @@ class ProxyCore:
             if admitted is None:
                 return
             only_to = admitted
-        elif in_dialog and method == "INVITE" and req.call_id not in self.dialogs:
-            # relayed (a restarted proxy must still route its switches' requests), but seen:
-            # a trusted element re-INVITEing a dialog we never set up skips ClearIP
-            self.counters.inc("indialog_unknown")
+        if in_dialog:
+            dialog = self.dialogs.get(req.call_id)
+            if dialog is not None:
+                dialog.last_seen = now  # a call that still talks is never forgotten
+            elif method == "INVITE" and only_to is None:
+                # relayed (a restarted proxy must still route its switches' requests), but
+                # seen: a trusted element re-INVITEing a dialog we never set up skips ClearIP
+                self.counters.inc("indialog_unknown")
         if method in ("INVITE", "ACK") and len(self.refusals):
             refusal = self.refusals.get(key, now)
             if refusal is not None:  # an INVITE refused statelessly: the same answer again
@@ -598,7 +602,7 @@ class ProxyCore:
         self._drop_tx(rec)
 
     def dialog_started(self, call: Any, resp: Response, rec: TxRecord) -> None:
-        from clearip.relay.dialog import DIALOG_MAX_AGE, Dialog, caller_hop
+        from clearip.relay.dialog import DIALOG_IDLE, Dialog, caller_hop
 
         call_id = resp.call_id
         if call_id in self.dialogs:
@@ -610,12 +614,23 @@ class ProxyCore:
             resp.to.tag or "",
             peer,
             caller_hop(call.invite),
-            call.started + DIALOG_MAX_AGE,
+            call.started + DIALOG_IDLE,
             call.source,
+            call.started,
         )
         self.dialogs[call_id] = dialog
         self.open_pinhole(peer)
         self.arm(dialog)
+
+    def _dialog_timer(self, dialog: Any, now: float) -> None:
+        from clearip.relay.dialog import DIALOG_IDLE
+
+        idle_until = dialog.last_seen + DIALOG_IDLE
+        if idle_until > now:  # requests came since it was armed: look again then
+            dialog.deadline = idle_until
+            self.arm(dialog)
+        else:
+            self.dialog_ended(dialog.call_id)
 
     def dialog_ended(self, call_id: str) -> None:
         dialog = self.dialogs.pop(call_id, None)

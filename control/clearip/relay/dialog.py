@@ -32,9 +32,11 @@ _PHRASES = {481: "Call/Transaction Does Not Exist", 416: "Unsupported URI Scheme
 # a new call wherever the provider says), not MESSAGE, SUBSCRIBE or OPTIONS.
 CALLEE_METHODS = frozenset({"ACK", "BYE", "INVITE", "UPDATE", "INFO", "NOTIFY", "PRACK"})
 
-# A dialog whose BYE we never see (it went through another proxy, or was lost) is forgotten after
-# this long, so the table and the pinhole cannot leak.
-DIALOG_MAX_AGE = 12 * 3600.0
+# A dialog whose BYE we never see (it went through another proxy, or was lost) is forgotten once
+# no request has come in it for this long, so the table and the pinhole cannot leak. A call that
+# still talks (a session refresh, RFC 4028, is every 30 minutes or so) is kept however long it
+# lasts; one silent for 12 hours is taken for dead.
+DIALOG_IDLE = 12 * 3600.0
 
 
 @dataclass(slots=True)
@@ -46,6 +48,7 @@ class Dialog:
     caller_hop: Target | None  # where the callee's requests must go: the caller's side
     deadline: float | None
     source: str  # the caller's IP: its calls_active is counted down when the dialog ends
+    last_seen: float  # when a request in it last came (from either end)
     timer: Any = None  # its place in the core's timer heap (ProxyCore.arm)
 
 
