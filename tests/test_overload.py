@@ -99,3 +99,10 @@ def test_a_backlog_growing_fast_is_behind_at_once() -> None:
     while ctl.beat(t, 1.0) != "on":  # a second of backlog: twice the knee offered
         t += 0.01
     assert t - 2.0 < 0.3
+
+
+def test_it_keeps_only_the_last_second_of_arrivals() -> None:
+    """Found by the soak: a worker that never fell behind kept its last 100,000 arrivals."""
+    ctl = OverloadControl(0.04)
+    drive(ctl, 0.0, 30.0, 500.0, 0.0)
+    assert len(ctl._arrivals) <= 501
