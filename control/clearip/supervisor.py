@@ -123,7 +123,6 @@ class _Worker:
     ready: asyncio.Future[bool]  # True on {"event": "ready"}, False if it exited before
     exited: asyncio.Future[int]  # the exit status (negative: killed by that signal)
     watcher: asyncio.Task[None] | None = field(default=None, repr=False)
-    holes: set[str] = field(default_factory=set)  # next hops its calls are using (pinholes)
     calls: int = 0  # calls being set up, as it last reported (lost if it dies)
 
     @property
@@ -353,7 +352,8 @@ class Supervisor:
                 worker.ready.set_result(True)
                 log.info("relay %s ready", worker.name)
         elif event.get("event") == "pinhole" and isinstance(event.get("ip"), str):
-            self._worker_pinhole(worker, event["ip"], bool(event.get("open")))
+            if self.fastpath is not None:  # a worker's first or last call to a next hop
+                self.fastpath.pinhole(worker.index, event["ip"], bool(event.get("open")))
         elif event.get("event") == "load":
             worker.calls = int_count(event.get("calls"))
         elif event.get("event") == "notice" and isinstance(event.get("kind"), str):
@@ -389,7 +389,8 @@ class Supervisor:
             log.error("relay %s took %d calls being set up with it", worker.name, worker.calls)
         if not worker.ready.done():
             worker.ready.set_result(False)
-        self._release_pinholes(worker)  # its calls are gone with it
+        if self.fastpath is not None:
+            self.fastpath.release(worker.index)  # its calls are gone with it
         await worker.channel.close()
 
     async def _keep_running(self, index: int) -> None:
@@ -697,21 +698,6 @@ class Supervisor:
                 fastpath.tick()
             except Exception:  # a bug here must not end the watch for good
                 log.exception("fast path watchdog")
-
-    def _worker_pinhole(self, worker: _Worker, ip: str, is_open: bool) -> None:
-        """A worker's first call to next hop `ip` began, or its last one ended (SPEC §5)."""
-        if is_open == (ip in worker.holes):
-            return  # said twice: nothing changes
-        if is_open:
-            worker.holes.add(ip)
-        else:
-            worker.holes.discard(ip)
-        if self.fastpath is not None:
-            self.fastpath.pinhole(ip, is_open)  # counts the workers holding `ip`
-
-    def _release_pinholes(self, worker: _Worker) -> None:
-        for ip in list(worker.holes):
-            self._worker_pinhole(worker, ip, False)
 
     async def _op_ping(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": __version__}

@@ -105,7 +105,7 @@ class FastPathManager:
         self.nft: NftFastPath | None = None
         self.bpf: BpfFastPath | None = None
         self.trusted: list[str] = []
-        self.holes: dict[str, int] = {}  # pinholed IP -> how many workers use it
+        self.holes: dict[str, set[int]] = {}  # pinholed IP -> the workers whose calls use it
         self.closing: dict[str, float] = {}  # released IP -> when to close it (monotonic)
         self._rearmed = 0.0
         self._local: set[str] = set()
@@ -224,16 +224,27 @@ class FastPathManager:
         except (FastPathError, OSError) as e:
             log.warning("fast path: sweeping the admitted sources' counters: %s", e)
 
-    def pinhole(self, ip: str, is_open: bool) -> None:
-        """A relay worker opened or closed its use of next hop `ip` (SPEC §5 pinholes)."""
-        n = self.holes.get(ip, 0) + (1 if is_open else -1)
-        if n > 0:
-            first = ip not in self.holes
-            self.holes[ip] = n
-            if first and self.closing.pop(ip, None) is None and self.enabled:
+    def pinhole(self, worker: int, ip: str, is_open: bool) -> None:
+        """Worker `worker`'s first call to next hop `ip` began, or its last one ended (SPEC §5
+        pinholes). The one count of who holds a pinhole; said twice, nothing changes."""
+        users = self.holes.get(ip)
+        if is_open:
+            if users is not None:
+                users.add(worker)
+                return
+            self.holes[ip] = {worker}
+            if self.closing.pop(ip, None) is None and self.enabled:
                 self._apply_pinholes([ip], True)
-        elif self.holes.pop(ip, None) is not None:
-            self.closing[ip] = time.monotonic() + PINHOLE_LINGER
+        elif users is not None and worker in users:
+            users.discard(worker)
+            if not users:
+                del self.holes[ip]
+                self.closing[ip] = time.monotonic() + PINHOLE_LINGER
+
+    def release(self, worker: int) -> None:
+        """A worker is gone, and its calls with it: its pinholes linger, then close."""
+        for ip in [ip for ip, users in self.holes.items() if worker in users]:
+            self.pinhole(worker, ip, False)
 
     def tick(self, now: float | None = None) -> None:
         """Once a second, on the loop: close pinholes past their linger, re-arm held ones."""
