@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from clearip.relay.events import Flow, Target
 from clearip.relay.routing import target_for_uri
 from clearip.sip.errors import SipProtocolError
-from clearip.sip.message import Request, Response, build_response, parse_message
+from clearip.sip.message import Request, Response, build_response, new_request
 from clearip.sip.uri import SipUri, parse_uri, parse_uri_shared
 
 if TYPE_CHECKING:
@@ -218,25 +218,29 @@ def hang_up(core: ProxyCore, rec: TxRecord, resp: Response, now: float) -> None:
     except SipProtocolError:
         core.counters.drop("hangup_impossible")
         return
-    to_line = resp.get("to") or b""
-    from_line = invite.get("from") or b""
+    if any(c in remote for c in " \t\r\n"):
+        core.counters.drop("hangup_impossible")
+        return
+    to_line = b"To: " + (resp.get("to") or b"")
+    from_line = b"From: " + (invite.get("from") or b"")
+    call_id = b"Call-ID: " + invite.call_id.encode()
     cseq = invite.cseq.number
     for method, number in (("ACK", cseq), ("BYE", cseq + 1)):
-        lines = [
-            f"{method} {remote} SIP/2.0".encode(),
-            f"Via: {core.via_for(target)}".encode(),
-            b"Max-Forwards: 70",
-            *(f"Route: {r}".encode() for r in route_set),
-            b"From: " + from_line,
-            b"To: " + to_line,
-            b"Call-ID: " + invite.call_id.encode(),
-            f"CSeq: {number} {method}".encode(),
-            b"Content-Length: 0",
-        ]
-        data = b"\r\n".join(lines) + b"\r\n\r\n"
+        req = new_request(
+            method,
+            remote.encode(),
+            [
+                ("via", f"Via: {core.via_for(target)}".encode()),
+                ("max-forwards", b"Max-Forwards: 70"),
+                *(("route", f"Route: {r}".encode()) for r in route_set),
+                ("from", from_line),
+                ("to", to_line),
+                ("call-id", call_id),
+                ("cseq", f"CSeq: {number} {method}".encode()),
+                ("content-length", b"Content-Length: 0"),
+            ],
+        )
         if method == "ACK":
-            core.send(data, target)
+            core.send(req.to_bytes(), target)
         else:
-            bye = parse_message(data)
-            assert isinstance(bye, Request)
-            core.start_client_tx(bye, target, None, "hangup", now)
+            core.start_client_tx(req, target, None, "hangup", now)

@@ -503,7 +503,6 @@ def _content_length(msg: SipMessage) -> int | None:
     return declared
 
 
-# ---------------------------------------------------------------------------------------------
 # Parsing
 
 
@@ -660,8 +659,15 @@ def _check_version(version: bytes) -> None:
         raise SipProtocolError("malformed SIP version")
 
 
-# ---------------------------------------------------------------------------------------------
-# Building local responses
+# Building local requests and responses
+_RESPONSE_COPIES = frozenset(("via", "from", "to", "call-id", "cseq"))
+
+
+def new_request(method: str, uri: bytes, lines: list[tuple[str, bytes]]) -> Request:
+    """A request this element makes (an ACK, a CANCEL, a BYE), from its header lines as they
+    go on the wire, each with its lower-case name: nothing is formatted and parsed again."""
+    first = method.encode("ascii") + b" " + uri + b" SIP/2.0"
+    return Request(method, uri, first, [line for _, line in lines], [k for k, _ in lines], b"")
 
 
 def build_response(
@@ -674,18 +680,13 @@ def build_response(
     body: bytes = b"",
 ) -> Response:
     """A response to `request` per RFC 3261 §8.2.6: Via, From, To, Call-ID, CSeq copied as raw.
-
     A To tag is added when the request's To has none and `to_tag` is given (every final
-    response from a UAS needs one; 100 Trying does not).
-    """
+    response from a UAS needs one; 100 Trying does not)."""
     lines: list[bytes] = []
     keys: list[str] = []
     for key, line in zip(request._keys, request._lines, strict=True):
-        if key in ("via", "from", "call-id", "cseq"):
-            lines.append(line)
-            keys.append(key)
-        elif key == "to":
-            if to_tag is not None and request.to.tag is None:
+        if key in _RESPONSE_COPIES:
+            if key == "to" and to_tag is not None and request.to.tag is None:
                 line = line + b";tag=" + to_tag.encode("ascii")
             lines.append(line)
             keys.append(key)

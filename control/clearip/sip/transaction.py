@@ -45,7 +45,7 @@ from typing import Final, TypeAlias
 
 from clearip.sip.errors import SipProtocolError
 from clearip.sip.headers import split_list, unfold
-from clearip.sip.message import Request, Response
+from clearip.sip.message import Request, Response, new_request
 
 # RFC 3261 §17.1.1.1 and Table 4.
 T1: Final = 0.5  # RTT estimate
@@ -610,18 +610,18 @@ def _hop_request(invite: Request, method: str, to_line: bytes) -> Request:
     if len(values) > 1:  # several Via values on one line: keep the top one only
         via = via[:colon] + b": " + values[0]
     cseq = _raw_line(invite, "cseq")
-    routes = [line for k, line in invite.header_lines() if k == "route"]
-    lines = [
-        via,
-        *routes,
-        b"Max-Forwards: " + ACK_MAX_FORWARDS,
-        _raw_line(invite, "from"),
-        to_line,
-        _raw_line(invite, "call-id"),
-        cseq[: cseq.index(b":")] + b": %d %s" % (invite.cseq.number, method.encode("ascii")),
-        b"Content-Length: 0",
-    ]
-    keys = ["via", *(["route"] * len(routes)), "max-forwards", "from", "to", "call-id", "cseq"]
-    keys.append("content-length")
-    first = method.encode("ascii") + b" " + invite.uri + b" SIP/2.0"
-    return Request(method, invite.uri, first, lines, keys, b"")
+    number = b": %d %s" % (invite.cseq.number, method.encode("ascii"))
+    return new_request(
+        method,
+        invite.uri,
+        [
+            ("via", via),
+            *((k, line) for k, line in invite.header_lines() if k == "route"),
+            ("max-forwards", b"Max-Forwards: " + ACK_MAX_FORWARDS),
+            ("from", _raw_line(invite, "from")),
+            ("to", to_line),
+            ("call-id", _raw_line(invite, "call-id")),
+            ("cseq", cseq[: cseq.index(b":")] + number),
+            ("content-length", b"Content-Length: 0"),
+        ],
+    )
