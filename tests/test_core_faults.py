@@ -109,7 +109,7 @@ def test_odd_redirects_still_end_the_call(extra: str) -> None:
 
 @pytest.mark.parametrize(
     "step",
-    ["_start_providers", "_next_branch", "_on_branch_response", "_on_clearip_response"],
+    ["_start_providers", "_next_branch", "_ringing", "_clearip_answered"],
 )
 def test_a_bug_in_any_step_ends_the_call_with_500_and_clean_tables(
     step: str, monkeypatch: pytest.MonkeyPatch
@@ -119,7 +119,7 @@ def test_a_bug_in_any_step_ends_the_call_with_500_and_clean_tables(
 
     rig = Rig()
     to_ci = start_call(rig)
-    if step == "_on_branch_response":
+    if step == "_ringing":
         to_b = only(rig.from_clearip(redirect(to_ci, CONTACTS)), to=PROV_B)
         monkeypatch.setattr(Call, step, broken)
         rig.feed(response_to(to_b, 180, "Ringing"), PROV_B)

@@ -178,8 +178,12 @@ def test_retransmitted_invite_absorbed() -> None:
 
 
 def test_cancel_at_clearip_stage() -> None:
-    rig = Rig()
-    start_call(rig)
+    _cancel_at_clearip_stage(Rig())
+
+
+def _cancel_at_clearip_stage(rig: Rig) -> Request:
+    """The caller's CANCEL before ClearIP sent anything: 200 and 487 to the caller at once."""
+    to_ci = start_call(rig)
     cancel = (
         b"CANCEL sip:+12025550123@10.0.0.1:5060;user=phone SIP/2.0\r\n"
         b"Via: SIP/2.0/UDP 10.0.0.11:5060;branch=z9hG4bK-sw-1;rport\r\n"
@@ -191,6 +195,18 @@ def test_cancel_at_clearip_stage() -> None:
     out = rig.feed(cancel, SWITCH)
     codes = sorted((m.status, m.cseq.method) for m in msgs(out, to=SWITCH))
     assert codes == [(200, "CANCEL"), (487, "INVITE")]
+    return to_ci
+
+
+def test_cancel_owed_to_clearip_goes_once_it_sends_a_provisional() -> None:
+    """RFC 3261 §9.1: no CANCEL before a provisional; the one owed goes when it comes."""
+    rig = Rig()
+    to_ci = _cancel_at_clearip_stage(rig)
+    out = rig.from_clearip(response_to(to_ci, 100, "Trying", to_tag=None))
+    cancel = only(out, upstream=True)
+    assert isinstance(cancel, Request) and cancel.method == "CANCEL"
+    assert cancel.top_via.branch == to_ci.top_via.branch
+    assert not msgs(rig.from_clearip(response_to(to_ci, 180, "Ringing")), upstream=True)
 
 
 def test_all_contacts_fail_last_final_relayed() -> None:

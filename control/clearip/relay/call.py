@@ -1,13 +1,10 @@
 """One call from INVITE to its final answer: ask ClearIP, then try its Contacts one by one.
 
-The stages of SPEC §3 as a small state machine driven by the proxy core:
-
-    clearip ──302──▶ providers ──2xx / non-failover final / all failed──▶ done
-       │ 503/603/404/timeout/unavailable ─────────────────────────────────▶ done
-    (emergency: straight to reject, or to providers with the emergency next hop)
-
-Every caller gets exactly one final response; branches we gave up on are cleaned up when they
-answer late (1xx → CANCEL, 2xx → ACK + BYE), never relayed.
+The call flow of SPEC §3 is a table, FLOW (at the end of this module): for each state, the
+events it handles and the handler that runs, as sip/transaction.py does for RFC 3261's
+machines. `Call`'s public methods only turn what the core and the transactions report into
+those events. Every caller gets exactly one final response; branches we gave up on are cleaned
+up when they answer late (1xx → CANCEL, 2xx → ACK + BYE), never relayed.
 """
 
 from __future__ import annotations
@@ -69,10 +66,8 @@ class CallLog:
 
 class Call:
     __slots__ = (
-        "answered",
         "branch",
-        "cancel_pending",
-        "cancelled",
+        "cancel_owed",
         "candidates",
         "clearip",
         "clearip_conn",
@@ -80,7 +75,6 @@ class Call:
         "copy_headers",
         "core",
         "deadline",
-        "emergency",
         "failovers",
         "flow",
         "index",
@@ -90,10 +84,9 @@ class Call:
         "resent",
         "server",
         "source",
-        "stage",
         "started",
+        "state",
         "timer",
-        "waiting_for_link",
     )
 
     def __init__(self, core: ProxyCore, server: TxRecord, invite: Request, flow: Flow, now: float):
@@ -103,47 +96,104 @@ class Call:
         self.flow = flow
         self.source = flow.remote[0]  # the caller's IP: per-source verdicts and calls_active
         self.started = now
-        self.stage = "new"
-        self.deadline: float | None = None
+        self.state = "new"  # a row of FLOW
+        self.deadline: float | None = None  # the state's timer (see FLOW's "timer" events)
         self.timer = None  # its place in the core's timer heap (ProxyCore.arm)
-        self.answered = False
-        self.cancelled = False
-        self.cancel_pending = False  # CANCEL owed to ClearIP once it sends a provisional
         self.clearip: TxRecord | None = None
         self.clearip_conn: int | None = None
         self.clearip_sent = 0.0
-        self.resent = False
-        self.waiting_for_link = False
+        self.resent = False  # our INVITE to ClearIP went out a second time (a link failed)
+        self.cancel_owed = False  # CANCEL owed to ClearIP once it sends a provisional
         self.candidates: list[Candidate] = []
         self.copy_headers: list[tuple[str, bytes | str]] = []
         self.index = 0
         self.branch: Branch | None = None
         self.last_final: Response | None = None
         self.failovers = 0
-        self.emergency = False
         self.log = CallLog()
+
+    @property
+    def answered(self) -> bool:
+        """The caller has its final answer."""
+        return self.state == "done"
 
     def _set_deadline(self, when: float | None) -> None:
         """The call's own timer (ClearIP, provider, ring, CANCEL guard): set and (re)armed."""
         self.deadline = when
         self.core.arm(self)
 
-    # -- start ---------------------------------------------------------------------------------
+    # -- events: what the core and the transactions tell a call, turned into FLOW's events --
 
     def start(self, now: float) -> None:
         core = self.core
         core.counters.count("calls_active", self.source)
         core.respond(self.server, build_response(self.invite, 100, "Trying"), now)
         core.strip_own_routes(self.invite)
-        routing = core.config.routing
-        if is_emergency(self.invite, routing.emergency_numbers):
+        if is_emergency(self.invite, core.config.routing.emergency_numbers):
             self._emergency(now)
+        else:
+            self._ask_clearip(now)
+
+    def cancel(self, now: float) -> None:
+        """CANCEL from the caller (already answered 200): stop the call wherever it is."""
+        self._on("cancel", None, now)
+
+    def on_timer(self, now: float) -> None:
+        self._set_deadline(None)
+        self._on("timer", None, now)
+
+    def on_link_down(self, conn: int, now: float) -> None:
+        if self.clearip_conn == conn:
+            self._on("clearip_lost", None, now)
+
+    def on_link_up(self, now: float) -> None:
+        self._on("link_up", None, now)
+
+    def on_tx_message(self, rec: TxRecord, msg: Request | Response, now: float) -> None:
+        if not isinstance(msg, Response):
             return
-        self._ask_clearip(now)
+        status = msg.status
+        if rec.role == "clearip":
+            if rec is self.clearip:
+                self._on("clearip_1xx" if status < 200 else "clearip_final", msg, now)
+            return  # a late answer after we gave up: its transaction has ACKed it
+        if rec.role != "branch":
+            return
+        branch: Branch = rec.data
+        if branch.abandoned or branch is not self.branch:
+            self._late_answer(rec, branch, msg, now)
+        elif status < 200:
+            self._on("branch_1xx", msg, now)
+        else:
+            self._on("branch_2xx" if status < 300 else "branch_final", msg, now)
+
+    def on_tx_timeout(self, rec: TxRecord, now: float) -> None:
+        if rec.role == "clearip":
+            if rec is self.clearip:
+                self._on("clearip_timeout", None, now)
+        else:
+            self._on_branch_lost(rec, now)
+
+    def on_tx_error(self, rec: TxRecord, now: float) -> None:
+        if rec.role == "clearip":
+            if rec is self.clearip:
+                self._on("clearip_lost", None, now)
+        else:
+            self._on_branch_lost(rec, now)
+
+    def _on_branch_lost(self, rec: TxRecord, now: float) -> None:
+        if rec.role == "branch" and rec.data is self.branch and not rec.data.abandoned:
+            self._on("branch_lost", None, now)
+
+    def _on(self, event: str, resp: Response | None, now: float) -> None:
+        handler = FLOW[self.state].get(event)
+        if handler is not None:
+            getattr(self, handler)(resp, now)
+
+    # -- ClearIP -----------------------------------------------------------------------------------
 
     def _emergency(self, now: float) -> None:
         core = self.core
-        self.emergency = True
         core.counters.inc("emergency_bypass")
         self.log.verdict = "emergency"
         action = core.config.routing.emergency_action
@@ -158,16 +208,12 @@ class Call:
             return
         uri = parse_uri(action)
         assert isinstance(uri, SipUri)  # the config loader only accepts SIP URIs here
-        self.stage = "providers"
         self.candidates = [Candidate(uri, target_for_uri(uri), [], 1.0)]
         self._next_branch(now, retarget=False)
-
-    # -- ClearIP stage ---------------------------------------------------------------------------
 
     def _ask_clearip(self, now: float) -> None:
         core = self.core
         cfg = core.config.clearip
-        self.stage = "clearip"
         target = core.upstream_target()
         if target is None:
             # the link is down: answer at once so the switch route-advances (SPEC §3)
@@ -175,8 +221,7 @@ class Call:
             self.log.verdict = "unavailable"
             self._final(cfg.on_failure, "ClearIP unavailable", now)
             return
-        if self.deadline is None:
-            self._set_deadline(now + cfg.timeout)
+        self._set_deadline(now + cfg.timeout)
         self._send_to_clearip(target, now)
 
     def _send_to_clearip(self, target: Target, now: float) -> None:
@@ -185,55 +230,54 @@ class Call:
         assert isinstance(req, Request)
         req.decrement_max_forwards()
         core.add_via(req, target)
+        self.state = "asking"
         self.clearip_sent = now
         self.clearip_conn = target.conn
         self.clearip = core.start_client_tx(
             req, target, self, "clearip", now, timeout=core.config.clearip.timeout
         )
 
-    def _clearip_lost(self, now: float) -> None:
-        """The connection carrying our INVITE failed before ClearIP answered (SPEC §3)."""
+    def _clearip_lost(self, _resp: Response | None, now: float) -> None:
+        """The connection carrying our INVITE failed before ClearIP answered (SPEC §3): sent
+        once more, at once or when the link is back, within the same timeout."""
         core = self.core
         if self.clearip is not None:
             core.abandon(self.clearip)
             self.clearip = None
         if self.resent:
-            core.counters.count("clearip_unavailable", self.source)
-            self.log.verdict = "unavailable"
-            self._final(core.config.clearip.on_failure, "ClearIP unavailable", now)
+            self._clearip_failed("unavailable", "clearip_unavailable", now)
             return
         self.resent = True
         target = core.upstream_target()
         if target is None:
-            self.waiting_for_link = True  # resent when the link is back, within the timeout
-            return
-        self._send_to_clearip(target, now)
+            self.state = "waiting_link"
+        else:
+            self._send_to_clearip(target, now)
 
-    def on_link_down(self, conn: int, now: float) -> None:
-        if self.stage == "clearip" and not self.answered and self.clearip_conn == conn:
-            self._clearip_lost(now)
+    def _link_up(self, _resp: Response | None, now: float) -> None:
+        target = self.core.upstream_target()
+        if target is not None:
+            self._send_to_clearip(target, now)
 
-    def on_link_up(self, now: float) -> None:
-        if self.waiting_for_link and self.stage == "clearip" and not self.answered:
-            self.waiting_for_link = False
-            target = self.core.upstream_target()
-            if target is not None:
-                self._send_to_clearip(target, now)
+    def _clearip_timeout(self, _resp: Response | None, now: float) -> None:
+        self._set_deadline(None)
+        rec = self.clearip
+        if rec is not None and rec.tx.got_provisional:
+            self.core.cancel_branch(rec, now)
+        self.clearip = None
+        self._clearip_failed("timeout", "clearip_timeout", now)
 
-    def _on_clearip_response(self, rec: TxRecord, resp: Response, now: float) -> None:
+    def _clearip_failed(self, verdict: str, counter: str, now: float) -> None:
+        self.core.counters.count(counter, self.source)
+        self.log.verdict = verdict
+        self._final(self.core.config.clearip.on_failure, "ClearIP unavailable", now)
+
+    def _clearip_answered(self, resp: Response | None, now: float) -> None:
+        assert resp is not None
         core = self.core
-        if rec is not self.clearip or self.stage != "clearip":
-            return  # a late answer after we gave up: the transaction has ACKed it
-        if resp.status < 200:
-            if self.cancel_pending:
-                self.cancel_pending = False
-                core.cancel_branch(rec, now)
-            return
         rtt = (now - self.clearip_sent) * 1000.0
         self.log.clearip_ms = rtt
         core.counters.clearip_rtt(rtt)
-        if self.cancelled:
-            return  # the caller already has its 487
         self._set_deadline(None)
         status = resp.status
         contacts = resp.contacts if 300 <= status < 400 else []
@@ -245,8 +289,8 @@ class Call:
         name = f"clearip_{status}" if status in (404, 503, 603) else "clearip_other"
         core.counters.count(name, self.source)
         self.log.verdict = str(status)
-        if status in (403, 404):
-            self._registration_hint(status, now)
+        if status in (403, 404) and core.notices.allow("not_registered", now):
+            core.env.notice("not_registered", {"status": status})
         if 200 <= status < 300:
             # ClearIP is a redirect server: a 2xx would open a dialog with it. Not a route.
             warn_log.warning("ClearIP answered %d to an INVITE; treating it as a failure", status)
@@ -254,20 +298,26 @@ class Call:
             return
         self._relay(resp, now)
 
-    def _registration_hint(self, status: int, now: float) -> None:
-        core = self.core
-        if core.notices.allow("not_registered", now):
-            core.env.notice("not_registered", {"status": status})
+    def _cancel_asking(self, _resp: Response | None, now: float) -> None:
+        rec = self.clearip
+        if rec is not None and rec.tx.got_provisional:
+            self.core.cancel_branch(rec, now)
+        else:
+            self.cancel_owed = True  # RFC 3261 §9.1: not before a provisional
+        self._final(487, "Request Terminated", now)
 
-    # -- provider stage --------------------------------------------------------------------------
+    def _clearip_provisional_after_cancel(self, _resp: Response | None, now: float) -> None:
+        if self.cancel_owed and self.clearip is not None:
+            self.cancel_owed = False
+            self.core.cancel_branch(self.clearip, now)
+
+    # -- providers ---------------------------------------------------------------------------------
 
     def _start_providers(self, resp: Response, contacts: list, now: float) -> None:
-        core = self.core
-        routing = core.config.routing
+        routing = self.core.config.routing
         self.candidates = order_contacts(contacts, routing.max_contacts)
         self.copy_headers = list(headers_from_redirect(resp, routing.copy_headers))
         self._note_attestation(resp)
-        self.stage = "providers"
         if not self.candidates:
             self._final(503, "No Usable Route", now)
             return
@@ -297,9 +347,6 @@ class Call:
 
     def _next_branch(self, now: float, *, retarget: bool = True) -> None:
         core = self.core
-        if self.cancelled:
-            self._final(487, "Request Terminated", now)
-            return
         if self.index >= len(self.candidates):
             if self.last_final is not None:
                 self._relay(self.last_final, now)
@@ -326,41 +373,82 @@ class Call:
         core.add_via(req, target)
         branch = Branch(cand, target)
         self.branch = branch
+        self.state = "trying"
         self.log.next_hops.append(f"{target.host}:{target.port}")
         self._set_deadline(now + core.config.routing.provider_timeout)
         branch.rec = core.start_client_tx(req, target, self, "branch", now, data=branch)
 
-    def _on_branch_response(self, rec: TxRecord, resp: Response, now: float) -> None:
-        core = self.core
-        branch: Branch = rec.data
-        status = resp.status
-        if branch.abandoned or branch is not self.branch:
-            self._late_answer(rec, branch, resp, now)
-            return
-        if status < 200:
-            if not branch.provisional:
-                branch.provisional = True
-                if self.cancelled or self.answered:
-                    self._cancel(branch, now)
-                    return
-                self._set_deadline(now + core.config.routing.ring_timeout)
-            if status > 100:
-                self._relay(resp, now, final=False)
-            return
-        if status < 300:
-            if not branch.answered:
-                branch.answered = True
-                self._set_deadline(None)
-                core.dialog_started(self, resp, rec)
-            self._relay(resp, now)  # retransmitted 2xx are relayed too (RFC 6026)
-            return
-        branch.answered = True
+    def _ringing(self, resp: Response | None, now: float) -> None:
+        """The branch's first provisional: it gets the ring timeout instead."""
+        assert self.branch is not None
+        self.branch.provisional = True
+        self.state = "ringing"
+        self._set_deadline(now + self.core.config.routing.ring_timeout)
+        self._relay_provisional(resp, now)
+
+    def _relay_provisional(self, resp: Response | None, now: float) -> None:
+        assert resp is not None
+        if resp.status > 100:  # 100 Trying is hop-by-hop
+            self._relay(resp, now, final=False)
+
+    def _branch_answered(self, resp: Response | None, now: float) -> None:
+        assert resp is not None and self.branch is not None
+        branch = self.branch
+        if not branch.answered:
+            branch.answered = True
+            self._set_deadline(None)
+            self.core.dialog_started(self, resp, branch.rec)
+        self._relay(resp, now)  # retransmitted 2xx are relayed too (RFC 6026)
+
+    def _branch_failed(self, resp: Response | None, now: float) -> None:
+        assert resp is not None and self.branch is not None
+        self.branch.answered = True
         self._set_deadline(None)
         self.last_final = resp
-        if not self.cancelled and core.config.routing.is_failover(status):
+        if self.state != "cancelling" and self.core.config.routing.is_failover(resp.status):
             self._next_branch(now)
         else:
             self._relay(resp, now)
+
+    def _no_answer(self, _resp: Response | None, now: float) -> None:
+        """No answer in time, or ringing too long: CANCEL it if it rang, then the next one."""
+        branch = self.branch
+        assert branch is not None
+        branch.abandoned = True
+        if branch.provisional:
+            self._cancel(branch, now)
+        self._next_branch(now)
+
+    def _branch_lost(self, _resp: Response | None, now: float) -> None:
+        """The branch's transaction timed out or its transport failed: the next one."""
+        assert self.branch is not None
+        self.branch.abandoned = True
+        self._next_branch(now)
+
+    def _cancel_trying(self, _resp: Response | None, now: float) -> None:
+        assert self.branch is not None
+        self.branch.abandoned = True  # a provisional later gets its CANCEL (_late_answer)
+        self._final(487, "Request Terminated", now)
+
+    def _cancel_ringing(self, _resp: Response | None, now: float) -> None:
+        """The provider answers the INVITE with 487, which is relayed; a guard timer answers
+        it ourselves if that never comes."""
+        assert self.branch is not None
+        self.state = "cancelling"
+        self._cancel(self.branch, now)
+        self._set_deadline(now + 64 * 0.5)
+
+    def _cancelled_unanswered(self, _resp: Response | None, now: float) -> None:
+        if self.branch is not None:
+            self.branch.abandoned = True
+        self._final(487, "Request Terminated", now)
+
+    def _cancel_current(self, _resp: Response | None, now: float) -> None:
+        """A provisional on the branch after the call ended (it had no provisional yet)."""
+        branch = self.branch
+        if branch is not None and not branch.provisional:
+            branch.provisional = True
+            self._cancel(branch, now)
 
     def _late_answer(self, rec: TxRecord, branch: Branch, resp: Response, now: float) -> None:
         """A branch we gave up on answered after all: cancel it or hang it up, never relay."""
@@ -379,89 +467,7 @@ class Call:
         branch.cancel_sent = True
         self.core.cancel_branch(branch.rec, now)
 
-    def _abandon_branch(self, now: float) -> None:
-        """Give up on the current branch: CANCEL it after a provisional, else just leave it."""
-        branch = self.branch
-        if branch is None:
-            return
-        branch.abandoned = True
-        if branch.provisional:
-            self._cancel(branch, now)
-
-    # -- caller's CANCEL and timers ------------------------------------------------------------
-
-    def cancel(self, now: float) -> None:
-        """CANCEL from the caller (already answered 200): stop the call wherever it is."""
-        if self.answered or self.cancelled:
-            return
-        self.cancelled = True
-        if self.stage == "clearip":
-            rec = self.clearip
-            if rec is not None and rec.tx.got_provisional:
-                self.core.cancel_branch(rec, now)
-            else:
-                self.cancel_pending = True
-            self._final(487, "Request Terminated", now)
-        elif self.stage == "providers" and self.branch is not None:
-            branch = self.branch
-            if branch.provisional:
-                # the provider answers the INVITE with 487, which is relayed; a guard timer
-                # answers it ourselves if that never comes
-                self._cancel(branch, now)
-                self._set_deadline(now + 64 * 0.5)
-            else:
-                branch.abandoned = True
-                self._final(487, "Request Terminated", now)
-
-    def on_timer(self, now: float) -> None:
-        self._set_deadline(None)
-        if self.answered:
-            return
-        core = self.core
-        if self.stage == "clearip":
-            core.counters.count("clearip_timeout", self.source)
-            self.log.verdict = "timeout"
-            rec = self.clearip
-            if rec is not None and rec.tx.got_provisional:
-                core.cancel_branch(rec, now)
-            self.clearip = None
-            self._final(core.config.clearip.on_failure, "ClearIP unavailable", now)
-        elif self.stage == "providers":
-            if self.cancelled:
-                self._final(487, "Request Terminated", now)
-                return
-            self._abandon_branch(now)  # no answer, or ringing too long: next Contact
-            self._next_branch(now)
-
-    # -- transaction callbacks -------------------------------------------------------------------
-
-    def on_tx_message(self, rec: TxRecord, msg: Request | Response, now: float) -> None:
-        if not isinstance(msg, Response):
-            return
-        if rec.role == "clearip":
-            self._on_clearip_response(rec, msg, now)
-        elif rec.role == "branch":
-            self._on_branch_response(rec, msg, now)
-
-    def on_tx_timeout(self, rec: TxRecord, now: float) -> None:
-        if rec.role == "clearip":
-            if rec is self.clearip and self.stage == "clearip" and not self.answered:
-                self.on_timer(now)
-        elif rec.role == "branch":
-            branch: Branch = rec.data
-            if branch is self.branch and not branch.abandoned and not self.answered:
-                branch.abandoned = True
-                self._next_branch(now)
-
-    def on_tx_error(self, rec: TxRecord, now: float) -> None:
-        if rec.role == "clearip":
-            if rec is self.clearip and self.stage == "clearip" and not self.answered:
-                self._clearip_lost(now)
-        elif rec.role == "branch":
-            branch: Branch = rec.data
-            if branch is self.branch and not branch.abandoned and not self.answered:
-                branch.abandoned = True
-                self._next_branch(now)
+    # -- internal errors -----------------------------------------------------------------------
 
     def abort(self, now: float) -> None:
         """An internal error: end the call here. The caller gets 500 unless it has its final
@@ -510,10 +516,9 @@ class Call:
         self.core.reply(self.server, status, reason, now, headers)
 
     def _finish(self, status: int, now: float) -> None:
-        if self.answered:
+        if self.state == "done":
             return
-        self.answered = True
-        self.stage = "done"
+        self.state = "done"
         self._set_deadline(None)
         core = self.core
         core.counters.setup_time((now - self.started) * 1000.0)
@@ -546,3 +551,63 @@ class Call:
             f"{entry.clearip_ms:.1f}" if entry.clearip_ms is not None else "-",
             (now - self.started) * 1000.0,
         )
+
+
+# The call flow (SPEC §3): FLOW[state][event] names the Call method a call runs (given the
+# response, if the event has one). The handler sets the next state, which may depend on what it
+# finds: a 302 with no usable Contact ends the call; a failover status tries the next Contact,
+# or ends the call when none is left.
+#
+#   new ──▶ asking ──302──▶ trying ──1xx──▶ ringing ──2xx / final / none left──▶ done
+#            │  ▲ link lost (once)  ▲  no answer, failover status, lost: next Contact   │
+#            ▼  │                   └──────────────────────────────────────────────────┘
+#        waiting_link               ringing ──caller's CANCEL──▶ cancelling ──487 / guard──▶ done
+#   (503/603/404/timeout/unavailable, the caller's CANCEL before a provider rang: done at once)
+#   (emergency: straight to done with 503, or to trying with the emergency next hop)
+#
+# An event a state does not list is ignored: a late or stray answer, which its transaction has
+# already absorbed or ACKed. Answers from a branch we gave up on never reach the table: they
+# are cancelled or hung up (Call._late_answer).
+FLOW: dict[str, dict[str, str]] = {
+    "new": {},
+    "asking": {
+        "clearip_final": "_clearip_answered",
+        "clearip_lost": "_clearip_lost",
+        "clearip_timeout": "_clearip_timeout",
+        "timer": "_clearip_timeout",
+        "cancel": "_cancel_asking",
+    },
+    "waiting_link": {
+        "link_up": "_link_up",
+        "timer": "_clearip_timeout",
+        "cancel": "_cancel_asking",
+    },
+    "trying": {
+        "branch_1xx": "_ringing",
+        "branch_2xx": "_branch_answered",
+        "branch_final": "_branch_failed",
+        "branch_lost": "_branch_lost",
+        "timer": "_no_answer",
+        "cancel": "_cancel_trying",
+    },
+    "ringing": {
+        "branch_1xx": "_relay_provisional",
+        "branch_2xx": "_branch_answered",
+        "branch_final": "_branch_failed",
+        "branch_lost": "_branch_lost",
+        "timer": "_no_answer",
+        "cancel": "_cancel_ringing",
+    },
+    "cancelling": {
+        "branch_1xx": "_relay_provisional",
+        "branch_2xx": "_branch_answered",  # a 2xx crossing the CANCEL wins (RFC 3261 §9.1)
+        "branch_final": "_branch_failed",  # the 487, relayed
+        "branch_lost": "_cancelled_unanswered",
+        "timer": "_cancelled_unanswered",
+    },
+    "done": {
+        "clearip_1xx": "_clearip_provisional_after_cancel",
+        "branch_1xx": "_cancel_current",
+        "branch_2xx": "_branch_answered",  # retransmissions, relayed (RFC 6026)
+    },
+}

@@ -6,8 +6,8 @@ Transactions (RFC 3261 §17) absorb retransmissions; `Call` (call.py) runs the C
 provider stages of each INVITE; in-dialog requests are loose-routed (§16.12) by `Relay`.
 
 Longer than 700 lines: the dispatch of every request and response with its trust, limit,
-loop and overload checks, and the timer heap. The call flow proper is in call.py and the
-dialogs in dialog.py; a transition table for the call flow (issue 13) is what would shrink it.
+loop and overload checks, and the timer heap. The call flow proper is a table in call.py and
+the dialogs are in dialog.py; what is left here is what every message goes through.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from typing import Any, Protocol
 
 from clearip.config import Config, HostPort
 from clearip.notices import Throttle
+from clearip.relay.call import Call
 from clearip.relay.counters import Counters
+from clearip.relay.dialog import DIALOG_IDLE, Dialog, Relay, caller_hop, hang_up, refusal
 from clearip.relay.events import Address, Flow, Send, Target
 from clearip.relay.ids import Ids
 from clearip.relay.overload import OverloadControl
@@ -434,9 +436,6 @@ class ProxyCore:
     # -- requests --------------------------------------------------------------------------------
 
     def _on_request(self, req: Request, flow: Flow, now: float, waited: float = 0.0) -> None:
-        from clearip.relay.call import Call
-        from clearip.relay.dialog import Relay
-
         if flow.upstream:
             self.counters.drop("upstream_request")  # ClearIP never sends us requests
             return
@@ -545,7 +544,6 @@ class ProxyCore:
         """SPEC §5: an untrusted source may only send requests within a dialog the proxy holds
         with it, as that dialog's far end; they may go only to the dialog's other end. The
         target they must resolve to, or None when refused (counted, 481 or dropped)."""
-        from clearip.relay.dialog import refusal
 
         ip = flow.remote[0]
         if req.to.tag is None:
@@ -602,8 +600,6 @@ class ProxyCore:
         self._drop_tx(rec)
 
     def dialog_started(self, call: Any, resp: Response, rec: TxRecord) -> None:
-        from clearip.relay.dialog import DIALOG_IDLE, Dialog, caller_hop
-
         call_id = resp.call_id
         if call_id in self.dialogs:
             return
@@ -623,8 +619,6 @@ class ProxyCore:
         self.arm(dialog)
 
     def _dialog_timer(self, dialog: Any, now: float) -> None:
-        from clearip.relay.dialog import DIALOG_IDLE
-
         idle_until = dialog.last_seen + DIALOG_IDLE
         if idle_until > now:  # requests came since it was armed: look again then
             dialog.deadline = idle_until
@@ -641,8 +635,6 @@ class ProxyCore:
             self.counters.count("calls_active", dialog.source, -1)
 
     def hang_up_late_2xx(self, rec: TxRecord, resp: Response, now: float) -> None:
-        from clearip.relay.dialog import hang_up
-
         hang_up(self, rec, resp, now)
 
     def forget_call(self, call: Any) -> None:
