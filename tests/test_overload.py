@@ -106,3 +106,19 @@ def test_it_keeps_only_the_last_second_of_arrivals() -> None:
     ctl = OverloadControl(0.04)
     drive(ctl, 0.0, 30.0, 500.0, 0.0)
     assert len(ctl._arrivals) <= 501
+
+
+def test_a_stall_that_is_caught_up_refuses_nothing() -> None:
+    """Seen in a soak at half the knee: the loop stalled once for 247 ms; the backlog it left
+    drained over about twice as long, with the heartbeat sparse meanwhile, and the smoothed lag
+    stayed over the bound past SUSTAIN although the worker was on time again: 123 calls got
+    503. Behind means still behind when the time is up."""
+    ctl = OverloadControl(bound=0.04)
+    drive(ctl, 0, 2, 400, 0.001)
+    t = 2.25
+    assert ctl.beat(t, 0.25) is None  # the stall
+    for i in range(12):  # the drain: what is read waited 240 ms down to 20, beats 50 ms apart
+        t += 0.05
+        assert ctl.beat(t, 0.24 - 0.02 * i) is None
+    _admitted, refused = drive(ctl, t, 2, 400, 0.001)
+    assert not ctl.active and refused == 0

@@ -16,7 +16,9 @@ call asks `admit(now, waited)`. Two rules, each enough alone for a part of the l
   under half that (so it is back to normal within 3 s of catching up, however low it had to
   go); the limit is lifted when it has grown past what is offered (a multiplicative decrease
   and an additive increase, as TCP does with its window). It enters after SUSTAIN over
-  `bound` (at once past FAR·`bound`) but steers to half of it: a burst of INVITEs or a loop
+  `bound` (at once past FAR·`bound`), if the worker is still behind at that moment (a stall of
+  a few hundred ms leaves a backlog the smoothed lag remembers after it is read), but steers to
+  half of it: a burst of INVITEs or a loop
   some tens of milliseconds late for a moment (another process on the core, a collector pass)
   is no reason to refuse a call, while once behind the queues are kept short, so a refused
   call hears so at once. This rule
@@ -74,7 +76,9 @@ class OverloadControl:
                 self._over_since = None
             elif self._over_since is None:
                 self._over_since = now
-            elif now - self._over_since >= SUSTAIN or self.lag > FAR * self.bound:
+            elif lag > self.bound and (
+                now - self._over_since >= SUSTAIN or self.lag > FAR * self.bound
+            ):  # still behind now, not a backlog left by a stall and already read
                 self._over_since = None
                 self._changed = now
                 self.rate = max(1.0, DECREASE * self.offered_rate(now))
