@@ -168,21 +168,17 @@ class Call:
             self._on("branch_2xx" if status < 300 else "branch_final", msg, now)
 
     def on_tx_timeout(self, rec: TxRecord, now: float) -> None:
-        if rec.role == "clearip":
-            if rec is self.clearip:
-                self._on("clearip_timeout", None, now)
-        else:
-            self._on_branch_lost(rec, now)
+        self._tx_failed(rec, "clearip_timeout", now)
 
     def on_tx_error(self, rec: TxRecord, now: float) -> None:
+        self._tx_failed(rec, "clearip_lost", now)
+
+    def _tx_failed(self, rec: TxRecord, clearip_event: str, now: float) -> None:
+        """A transaction of this call timed out or lost its transport."""
         if rec.role == "clearip":
             if rec is self.clearip:
-                self._on("clearip_lost", None, now)
-        else:
-            self._on_branch_lost(rec, now)
-
-    def _on_branch_lost(self, rec: TxRecord, now: float) -> None:
-        if rec.role == "branch" and rec.data is self.branch and not rec.data.abandoned:
+                self._on(clearip_event, None, now)
+        elif rec.role == "branch" and rec.data is self.branch and not rec.data.abandoned:
             self._on("branch_lost", None, now)
 
     def _on(self, event: str, resp: Response | None, now: float) -> None:

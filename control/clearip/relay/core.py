@@ -151,7 +151,7 @@ class ProxyCore:
         self.refusals = Refusals()  # INVITEs answered statelessly, until Timer B
         self.notices = Throttle()  # warnings for the operator, at most once a minute each
         self.pinholes: dict[str, int] = {}  # next-hop IP -> calls/dialogs using it
-        self.dialogs: dict[str, Any] = {}  # Call-ID -> Dialog, for calls this worker set up
+        self.dialogs: dict[str, Dialog] = {}  # Call-ID -> Dialog, for calls this worker set up
 
     # -- adapter interface ---------------------------------------------------------------------
 
@@ -544,7 +544,6 @@ class ProxyCore:
         """SPEC §5: an untrusted source may only send requests within a dialog the proxy holds
         with it, as that dialog's far end; they may go only to the dialog's other end. The
         target they must resolve to, or None when refused (counted, 481 or dropped)."""
-
         ip = flow.remote[0]
         if req.to.tag is None:
             self._untrusted(req, flow)  # a new call or request: only trusted sources start one
@@ -599,7 +598,7 @@ class ProxyCore:
         rec.owner = None
         self._drop_tx(rec)
 
-    def dialog_started(self, call: Any, resp: Response, rec: TxRecord) -> None:
+    def dialog_started(self, call: Call, resp: Response, rec: TxRecord) -> None:
         call_id = resp.call_id
         if call_id in self.dialogs:
             return
@@ -618,7 +617,7 @@ class ProxyCore:
         self.open_pinhole(peer)
         self.arm(dialog)
 
-    def _dialog_timer(self, dialog: Any, now: float) -> None:
+    def _dialog_timer(self, dialog: Dialog, now: float) -> None:
         idle_until = dialog.last_seen + DIALOG_IDLE
         if idle_until > now:  # requests came since it was armed: look again then
             dialog.deadline = idle_until

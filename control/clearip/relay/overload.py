@@ -18,11 +18,10 @@ call asks `admit(now, waited)`. Two rules, each enough alone for a part of the l
   and an additive increase, as TCP does with its window). It enters after SUSTAIN over
   `bound` (at once past FAR·`bound`), if the worker is still behind at that moment (a stall of
   a few hundred ms leaves a backlog the smoothed lag remembers after it is read), but steers to
-  half of it: a burst of INVITEs or a loop
-  some tens of milliseconds late for a moment (another process on the core, a collector pass)
-  is no reason to refuse a call, while once behind the queues are kept short, so a refused
-  call hears so at once. This rule
-  also covers calls over TCP and TLS, whose queues the worker cannot date.
+  half of it: a burst of INVITEs or a loop some tens of milliseconds late for a moment
+  (another process on the core, a collector pass) is no reason to refuse a call, while once
+  behind the queues are kept short, so a refused call hears so at once. This rule also covers
+  calls over TCP and TLS, whose queues the worker cannot date.
 
 A refused call costs a parse and a stateless 503: cheap enough that refusing the excess keeps
 the worker on time, so the refused get their 503 at once and the admitted calls keep the
