@@ -1,16 +1,18 @@
-"""Garbage collection for a worker that must not pause: young passes small, old ones when quiet.
+"""Garbage collection for a worker that must not pause: young passes on a clock, old when quiet.
 
 A call leaves no reference cycle behind (tests/test_core_memory.py: reference counting frees
 it), so the cycle collector is only for what the asyncio side may leave. But every live call's
-state is tracked by it: at 1,000 calls/s the transactions of the last 32 s (64·T1) are a few
-million objects, and a pass over them stalled the worker 0.5-1 s (issue 12: at twice the knee,
-a gen-1 pass over 850,000 objects took 570 ms and every queue behind it overflowed). So:
+state is tracked by it, and CPython's own trigger cannot keep its passes small here: it counts
+new objects *minus freed ones*, and a call's objects live ~32 s (64·T1), die in the old
+generation and cancel the count of the new ones. So at half the knee the young generation grew
+to 100,000-350,000 objects between two automatic passes, and each pass stalled the worker
+150-700 ms (issue 12: overload control then answered ~130 calls 503 in a soak, a few times an
+hour). So automatic collection is off and the worker runs the passes itself (`Passes`):
 
-* the young generations stay small (YOUNG new objects, then at most 2·YOUNG in the middle one):
-  a pass costs a few milliseconds;
-* the old generation is never collected automatically; `OldGeneration.due()` asks for a full
-  pass when the worker is quiet (few transactions: a short pass) and at least MIN_INTERVAL after
-  the last one, or after MAX_INTERVAL whatever the load.
+* every YOUNG_EVERY the young generation, which holds only what came since the last pass;
+* every MIDDLE_EVERY-th of them the middle one too (a second's survivors: ~25 ms at the knee);
+* the old generation when the worker is quiet (few transactions: a short pass) and at least
+  MIN_INTERVAL after the last one, or after MAX_INTERVAL whatever the load (`OldGeneration`).
 """
 
 from __future__ import annotations
@@ -18,18 +20,41 @@ from __future__ import annotations
 import gc
 import time
 
-YOUNG = 10_000
-NEVER = 2**31 - 1  # the old generation's threshold: no automatic full pass
+YOUNG_EVERY = 0.1  # seconds between two young passes
+MIDDLE_EVERY = 10  # every 10th pass takes the middle generation too: once a second
 QUIET_TRANSACTIONS = 2_000
 MIN_INTERVAL = 600.0
 MAX_INTERVAL = 6 * 3600.0
 
 
 def configure() -> None:
-    """After start-up: what it made lives as long as the worker, out of every pass."""
+    """After start-up: what it made lives as long as the worker, out of every pass; from now
+    on passes run only when `Passes.run` or `OldGeneration.collect` asks."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(YOUNG, 2, NEVER)
+    gc.disable()
+
+
+class Passes:
+    """The young and middle passes, one per YOUNG_EVERY (the worker's clock calls `run`)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.longest = 0.0  # seconds, the longest pass since `take_longest`
+
+    def run(self) -> float:
+        """One pass; the seconds it took."""
+        self.count += 1
+        generation = 1 if self.count % MIDDLE_EVERY == 0 else 0
+        started = time.perf_counter()
+        gc.collect(generation)
+        took = time.perf_counter() - started
+        self.longest = max(self.longest, took)
+        return took
+
+    def take_longest(self) -> float:
+        longest, self.longest = self.longest, 0.0
+        return longest
 
 
 class OldGeneration:
