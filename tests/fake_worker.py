@@ -107,6 +107,7 @@ def main() -> int:
     parser.add_argument("--instance", default="")
     parser.add_argument("--handoff-dir", default="")
     parser.add_argument("--conncount-fd", type=int, default=None)
+    parser.add_argument("--steering-fds", default="")
     args = parser.parse_args()
     setup_logging("info", tag=f"fake worker {args.index}")
     return uvloop.run(amain(args))

@@ -67,6 +67,7 @@ pinhole_ttl = 600.0       # added beyond §4 (issue 10): a pinhole outlives a cr
 
 [relay]
 workers = 0               # relay processes; 0: one per core
+steering = "auto"         # added beyond §4 (issue 14): calls steered to their worker in the kernel
 
 [limits]
 max_message_bytes = 65535
@@ -147,6 +148,7 @@ pinhole_ttl = 900.0
 
 [relay]
 workers = 2
+steering = "off"
 
 [limits]
 max_message_bytes = 16384

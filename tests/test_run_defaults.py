@@ -65,6 +65,8 @@ metrics = ""
         status = status_of(config)
         assert status["upstream"]["state"] in ("down", "connecting")
         assert status["counters"]["clearip_unavailable"] == 1
+        # one worker per core, and the kernel steers each call's datagrams to its worker
+        assert status["steering"]["mode"] == ("ebpf" if len(status["workers"]) > 1 else "off")
         assert {(x["transport"], x["address"]) for x in status["listeners"]} == {
             ("udp", "0.0.0.0:5060"), ("tcp", "0.0.0.0:5060"), ("tls", "0.0.0.0:5061"),
         }  # fmt: skip

@@ -346,7 +346,12 @@ class Relay:
     loopback addresses (the harness's PROXY_IP, CLEARIP_IP ... must say the same)."""
 
     def __init__(
-        self, clearipctl: Path, out: Path, workers: int | None, net: str = ANCHOR_NET
+        self,
+        clearipctl: Path,
+        out: Path,
+        workers: int | None,
+        net: str = ANCHOR_NET,
+        steering: str | None = None,
     ) -> None:
         self.clearipctl = clearipctl
         self.out = out
@@ -361,6 +366,8 @@ class Relay:
             text, n = re.subn(r"(?m)^workers\s*=\s*\d+", f"workers = {workers}", text)
             if n != 1:
                 raise BenchError(f"{CONFIG_TEMPLATE}: no `workers = N` line under [relay]")
+        if steering is not None:  # relay.steering, after the workers line
+            text = re.sub(r"(?m)^(workers\s*=.*)$", rf'\1\nsteering = "{steering}"', text, count=1)
         self.config.write_text(text)
         (self.tmp / "state").mkdir()
         shutil.copy(self.config, out / "proxy.toml")
@@ -763,7 +770,9 @@ class Bench:
     def run(self, flows: list[str], kamailio: str | None) -> dict[str, dict[str, Any]]:
         results = self.results = {flow: {} for flow in flows}
         if not self.args.kamailio_only:
-            self.relay = Relay(self.args.clearipctl, self.out, self.args.workers)
+            self.relay = Relay(
+                self.args.clearipctl, self.out, self.args.workers, steering=self.args.steering
+            )
             try:
                 self.relay.start()
                 mine = _autogroup("self")
@@ -893,6 +902,10 @@ def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
         help="relay.workers of the relay under test [the config's 0: one per core]",
     )  # fmt: skip
     who = parser.add_mutually_exclusive_group()
+    parser.add_argument(
+        "--steering", choices=("auto", "on", "off"), default=None,
+        help="relay.steering of the relay under test: off compares with the hand-off [auto]",
+    )  # fmt: skip
     who.add_argument("--no-kamailio", action="store_true", help="the relay only")
     who.add_argument("--kamailio-only", action="store_true", help="Kamailio only")
 
@@ -1067,6 +1080,7 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats,
             "zero_retrans": args.zero_retrans,
             "workers": args.workers,
+            "steering": args.steering,
             "budget_min": args.budget_min,
             "quick": args.quick,
             "harness_env": args.env,

@@ -480,7 +480,9 @@ class Overload:
     def run(self, kamailio: str | None) -> None:
         args = self.args
         if not args.kamailio_only:
-            self.relay = Relay(args.clearipctl, self.out, args.workers, net=args.net)
+            self.relay = Relay(
+                args.clearipctl, self.out, args.workers, net=args.net, steering=args.steering
+            )
             try:
                 self.relay.start()
                 self.results["relay"] = asdict(self.run_one("relay", args.knee))

@@ -243,7 +243,9 @@ class Soak:
             busy = port_in_use((self.ip(host), port))
             if busy:
                 raise BenchError(f"{busy}: another run? (--net moves every address)")
-        self.relay = Relay(args.clearipctl, self.out, args.workers, net=self.net)
+        self.relay = Relay(
+            args.clearipctl, self.out, args.workers, net=self.net, steering=args.steering
+        )
         self.relay.start()
         log(f"relay ready: pid {self.relay.pid}, workers {self.relay.worker_pids}")
         uas_timeout = f"{round(args.minutes * 60 + UAC_SLACK_S + 2 * args.drain)}s"
@@ -573,6 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=int, default=None, metavar="N",
         help="relay.workers [the config's 0: one per core]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--steering", choices=("auto", "on", "off"), default=None,
+        help="relay.steering [the config's auto]",
     )  # fmt: skip
     parser.add_argument(
         "--interval", type=positive_int, default=60, metavar="S",

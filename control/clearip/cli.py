@@ -83,6 +83,19 @@ def _upstream_line(upstream: Mapping[str, Any]) -> str:
 SOURCES_SHOWN = 10
 
 
+def _steering_line(status: Mapping[str, Any]) -> str:
+    steering = status.get("steering") or {}
+    sent = (status.get("handoff") or {}).get("sent", 0)
+    mode = steering.get("mode") or "off"
+    if mode == "ebpf":
+        said = "in the kernel (Call-ID)"
+    elif mode == "handoff":
+        said = f"by hand-off: the program did not load ({steering.get('reason') or '?'})"
+    else:
+        said = f"off ({steering.get('reason') or 'relay.steering = off'})"
+    return f"{said}, {sent:,} messages handed between workers"
+
+
 def format_status(status: Mapping[str, Any]) -> str:
     """The human summary of a status reply."""
     workers = status.get("workers") or []
@@ -102,6 +115,7 @@ def format_status(status: Mapping[str, Any]) -> str:
         f"{status.get('workers_restarted', 0)} restarted",
         f"  upstream   {_upstream_line(status.get('upstream') or {})}",
         f"  fast path  {fast}",
+        f"  steering   {_steering_line(status)}",
         f"  listeners  {listeners or 'none'}",
     ]
     overload = status.get("overload") or {}

@@ -609,6 +609,10 @@ class RelayConfig:
     """[relay]: the userspace SIP relay processes."""
 
     workers: int = _key(0, _int(0, 64))
+    # Which worker reads a datagram on a shared UDP port. "auto": an eBPF program picks its
+    # call's worker (fastpath/steering.py) when it loads, else the kernel spreads datagrams by
+    # address and workers hand each other their calls; "on": required; "off": never.
+    steering: str = _key("auto", _choice("auto", "on", "off"))
 
     def effective_workers(self) -> int:
         """How many relay processes to run: `workers`, or one per usable core when 0."""

@@ -35,6 +35,8 @@ ADDED_STATUS_KEYS = (
     "calls_lost",
     "transactions",
     "overload",
+    "steering",
+    "handoff",
 )
 KERNEL_COUNTER_NAMES = (
     "passed_pkts",
@@ -198,4 +200,8 @@ def status_contract(status: Mapping[str, Any]) -> dict[str, Any]:
     out["transactions"] = dict(status.get("transactions") or {})
     # the worst worker's: active (1 while a worker refuses calls), admitted_per_s, lag_ms
     out["overload"] = dict(status.get("overload") or {})
+    # how datagrams reach their call's worker: mode "ebpf" (the kernel steers by Call-ID),
+    # "handoff" (the program did not load) or "off" (one worker, or relay.steering = off)
+    out["steering"] = dict(status.get("steering") or {"mode": "off", "reason": ""})
+    out["handoff"] = {"sent": 0, "local": 0, **(status.get("handoff") or {})}
     return out

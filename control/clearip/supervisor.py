@@ -33,6 +33,7 @@ from typing import Any
 from clearip import __version__, trust
 from clearip.config import Config, ConfigError, default_config, load_config
 from clearip.ctlsock import ControlError, ControlServer, Handler, OpError
+from clearip.fastpath.steering import Steering, SteeringError
 from clearip.logsetup import set_level
 from clearip.notices import Throttle, log_notice
 from clearip.relay.conncount import make_shared
@@ -160,6 +161,9 @@ class Supervisor:
         self.handoff_dir = Path(config.control.socket).parent / f"handoff-{os.getpid()}"
         # TCP/TLS connection counts every worker reads, so the limits hold across them
         self._conncount_fd = make_shared(self._count)
+        # the kernel's call steering on the shared UDP ports, for the life of the process
+        self._steering: Steering | None = None
+        self.steering_status: dict[str, Any] = {"mode": "off", "reason": "not loaded yet"}
         self._started = time.monotonic()
         self._stop_requested = asyncio.Event()
         self._stopping = False
@@ -271,6 +275,8 @@ class Supervisor:
         except OSError as e:
             log.error("cannot make the workers' hand-off directory %s: %s", self.handoff_dir, e)
             return False
+        if not self._load_steering():
+            return False
         for index in range(self._count):
             try:
                 self._workers.append(await self._spawn(index))
@@ -307,6 +313,38 @@ class Supervisor:
             return False
         return True
 
+    def _load_steering(self) -> bool:
+        """relay.steering: load the program that gives each worker its calls' datagrams
+        (fastpath/steering.py). False only when it is required and cannot load."""
+        mode = self.config.relay.steering
+        listeners = len(self.config.listen.udp)
+        if mode == "off" or self._count < 2 or not listeners:
+            reason = "relay.steering = off" if mode == "off" else "nothing to steer"
+            if self._count < 2:
+                reason = "one worker"
+            self.steering_status = {"mode": "off", "reason": reason}
+            return True
+        try:
+            self._steering = Steering.load(listeners, self._count)
+        except SteeringError as e:
+            if mode == "on":
+                log.error(
+                    "cannot start: relay.steering = on, but the kernel refused the call-steering "
+                    "program (%s); run as root on Linux 5.3+, or set relay.steering = auto",
+                    e,
+                )
+                return False
+            log.warning(
+                "calls not steered in the kernel (%s): workers hand each other their calls "
+                "(set relay.steering = off to say so)",
+                e,
+            )
+            self.steering_status = {"mode": "handoff", "reason": str(e)}
+            return True
+        log.info("calls steered to their workers by an SK_REUSEPORT program (Call-ID hash)")
+        self.steering_status = {"mode": "ebpf", "reason": ""}
+        return True
+
     async def _spawn(self, index: int) -> _Worker:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [
@@ -318,13 +356,18 @@ class Supervisor:
             "--instance", self.instance,
             "--handoff-dir", str(self.handoff_dir),
             "--conncount-fd", str(self._conncount_fd),
+            "--steering-fds", self._steering.arg() if self._steering else "",
         ]  # fmt: skip
         try:
             # process_group=0: a terminal's Ctrl-C reaches the supervisor only, which then
             # stops the workers gracefully instead of having them all die at once.
             proc = subprocess.Popen(
                 argv,
-                pass_fds=[child.fileno(), self._conncount_fd],
+                pass_fds=[
+                    child.fileno(),
+                    self._conncount_fd,
+                    *(self._steering.fds() if self._steering else ()),
+                ],
                 stdin=subprocess.DEVNULL,
                 process_group=0,
             )
@@ -494,8 +537,9 @@ class Supervisor:
         shutil.rmtree(self.handoff_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.close(self._conncount_fd)
-        with contextlib.suppress(OSError):
-            os.close(self._conncount_fd)
+        if self._steering is not None:
+            self._steering.close()
+            self._steering = None
         await self._ctl.close()
         log.info("proxy stopped")
 
@@ -611,6 +655,7 @@ class Supervisor:
             "upstream": merged["upstream"],
             "fastpath": self._fastpath_status(),
             "counters": merged["counters"],
+            "steering": self.steering_status,
             "sources": await self._with_kernel_counters(merged["sources"]),
             **{k: v for k, v in merged.items() if k not in OWN_KEYS},
             "workers": [

@@ -112,6 +112,7 @@ class Handoff:
         self._outgoing: dict[int, list[bytes]] = {}  # packets of this pass, sent at its end
         self._closed = False
         self._retries: dict[int, asyncio.TimerHandle] = {}  # owners away, being waited for
+        self.sent = 0  # messages handed to another worker (few when the kernel steers calls)
         self.overflow = 0  # handled locally because a peer was gone or far behind
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         path = socket_path(directory, index)
@@ -133,6 +134,7 @@ class Handoff:
     def send(self, owner: int, data: bytes, flow: Flow, arrived: float) -> None:
         """Queue a message for `owner`; everything queued in this pass of the loop goes at its
         end, in one datagram per owner (call_soon runs after the callbacks already due)."""
+        self.sent += 1
         outgoing = self._outgoing
         if not outgoing:
             self.loop.call_soon(self._send_batches)

@@ -29,6 +29,7 @@ from time import perf_counter
 from typing import Any
 
 from clearip.config import Config, ConfigError, HostPort, load_config
+from clearip.fastpath import steering
 from clearip.notices import log_notice
 from clearip.relay import gcpolicy
 from clearip.relay.conncount import ConnCounts
@@ -66,8 +67,10 @@ class Worker:
         instance: str | None = None,
         handoff_dir: str = "",
         conncount_fd: int | None = None,
+        steering: list[tuple[int, int]] | None = None,
     ):
         self.config = config
+        self.steering = steering or []  # (socket array fd, program fd) per shared UDP listener
         self.config_path = config_path
         self.index = index
         self.workers = workers
@@ -183,8 +186,10 @@ class Worker:
             # before any shared socket: a message landing here for another worker's call must
             # be handed over from the first one (a restarted worker joins a running proxy)
             self.handoff = Handoff(self.loop, self.handoff_dir, self.index, self._receive)
-        for lst in cfg.listen.udp:
-            self._open_udp((lst.host, lst.port), shared=True)
+        for group, lst in enumerate(cfg.listen.udp):
+            shared = self._open_udp((lst.host, lst.port), shared=True)
+            if group < len(self.steering):
+                self._join_steering(shared, *self.steering[group])
             # requests go out from a port of this worker's own, even when it is the only one:
             # their answers come straight back to it, and need no pinhole in the fast path
             port = lst.port + PRIVATE_PORT_OFFSET + self.index
@@ -211,6 +216,19 @@ class Worker:
         self._spawn(self._sweep_idle())
         self._spawn(self._watch_lag())
         self._spawn(self._collect_young())
+
+    def _join_steering(self, ep: UdpEndpoint, array_fd: int, prog_fd: int) -> None:
+        """The kernel hands this socket the datagrams of this worker's calls (steering.py);
+        if it refuses, they come by hand-off as before."""
+        try:
+            steering.join(ep.sock, array_fd, prog_fd, self.index)
+        except OSError as e:
+            log.warning(
+                "worker %d: calls to %s not steered in the kernel (%s): handed off instead",
+                self.index,
+                HostPort(*ep.local),
+                e,
+            )
 
     def _open_udp(self, local: Address, *, shared: bool) -> UdpEndpoint:
         assert self.loop is not None
@@ -669,7 +687,10 @@ class Worker:
         snap = self.counters.snapshot()
         snap["listeners"] = self.listeners
         snap["upstream"] = self.link.status() if self.link else {"state": "down"}
-        snap["handoff_local"] = self.handoff.overflow if self.handoff else 0
+        snap["handoff"] = {
+            "sent": self.handoff.sent if self.handoff else 0,
+            "local": self.handoff.overflow if self.handoff else 0,
+        }
         snap["tap"] = self.copies.stats()
         control = self.core.overload
         snap["overload"] = {
@@ -753,6 +774,7 @@ async def _amain(args: argparse.Namespace) -> int:
         args.instance or None,
         args.handoff_dir,
         args.conncount_fd,
+        steering.parse_fds(args.steering_fds),
     )
     try:
         await worker.start()
@@ -788,6 +810,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instance", default="", help="this proxy's id in our Via branches")
     parser.add_argument("--handoff-dir", default="", help="private directory of hand-off sockets")
     parser.add_argument("--conncount-fd", type=int, default=None, help="shared connection counts")
+    parser.add_argument("--steering-fds", default="", help="call steering: array,program;...")
     args = parser.parse_args(argv)
     from clearip.logsetup import setup_logging
 
