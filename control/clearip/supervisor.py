@@ -318,11 +318,14 @@ class Supervisor:
         (fastpath/steering.py). False only when it is required and cannot load."""
         mode = self.config.relay.steering
         listeners = len(self.config.listen.udp)
-        if mode == "off" or self._count < 2 or not listeners:
-            reason = "relay.steering = off" if mode == "off" else "nothing to steer"
-            if self._count < 2:
-                reason = "one worker"
-            self.steering_status = {"mode": "off", "reason": reason}
+        off = (
+            "one worker" if self._count < 2
+            else "relay.steering = off" if mode == "off"
+            else "nothing to steer" if not listeners
+            else None
+        )  # fmt: skip
+        if off is not None:
+            self.steering_status = {"mode": "off", "reason": off}
             return True
         try:
             self._steering = Steering.load(listeners, self._count)

@@ -1,7 +1,7 @@
 """A small eBPF assembler: instructions as Python calls, jumps to named labels.
 
 For the call-steering program (`steering.py`), which is loaded straight with bpf(2): no
-compiler, no kernel headers and no bcc, so it loads in a millisecond on any kernel with
+compiler, no kernel headers and no bcc, so it loads on any kernel with
 SK_REUSEPORT programs (4.19+) and bounded loops (5.3+). Only what that program needs is here.
 
 Registers are 0-10 (r10 the frame pointer). `alu`/`jmp` take an int immediate or a register

@@ -9,10 +9,11 @@ lands where its call lives and the hand-off is left for what the program cannot 
 Call-ID in the first SCAN bytes, a Call-ID longer than MAX_ID, a worker restarting).
 
 The program is assembled here (`bpfasm`) and loaded with bpf(2): no compiler, kernel headers
-or bcc, loaded in milliseconds by the supervisor, which keeps it and one REUSEPORT_SOCKARRAY
-map per shared UDP listener for its life and passes their fds to every worker it starts; a
-worker puts its socket in slot `index` (`join`), and the kernel empties the slot when the
-socket closes. The program never drops: whatever it cannot steer the kernel spreads as before.
+or bcc. The supervisor loads it at start (~170 ms, the verifier's) and keeps it and one
+REUSEPORT_SOCKARRAY map per shared UDP listener for its life, passing their fds to every
+worker it starts; a worker puts its socket in slot `index` (`join`), and the kernel empties
+the slot when the socket closes. The program never drops: whatever it cannot steer the
+kernel spreads as before.
 
 Why the verifier accepts the loops: each one is bounded by a constant, and wherever a loop
 ends with a found position (the Call-ID header, its value, its length) the position goes
@@ -22,13 +23,13 @@ of once per iteration the loop could have ended in.
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import os
 import socket
 import struct
 
 from clearip.fastpath.bpfasm import Asm, R
-from clearip.fastpath.syscall import Map, bpf_syscall
+from clearip.fastpath.syscall import Map, map_create, prog_load
 
 __all__ = ["Steering", "SteeringError", "join", "parse_fds", "program"]
 
@@ -37,12 +38,10 @@ MAX_ID = 256  # longest Call-ID value steered (trimmed); longer ones are left to
 MAX_WS = 16  # blanks read around the colon of "Call-ID :"
 MIN_LEN = 40  # a shorter datagram is no SIP request worth steering (keepalives, STUN)
 
-_BPF_MAP_CREATE = 0
-_BPF_PROG_LOAD = 5
 _MAP_PERCPU_ARRAY = 6
 _MAP_REUSEPORT_SOCKARRAY = 20
 _PROG_SK_REUSEPORT = 21
-_ATTACH_SK_REUSEPORT_SELECT = 39
+_SK_REUSEPORT_SELECT = 39  # the program's attach type
 _SO_ATTACH_REUSEPORT_EBPF = 52
 _HELPER_MAP_LOOKUP = 1
 _HELPER_SKB_LOAD_BYTES = 26
@@ -60,36 +59,6 @@ _SCRATCH_SIZE = SCAN + 24
 
 class SteeringError(Exception):
     """The kernel would not make the maps or load the program (the message says why)."""
-
-
-class _MapCreateAttr(ctypes.Structure):  # union bpf_attr, BPF_MAP_CREATE
-    _fields_ = (
-        ("map_type", ctypes.c_uint32),
-        ("key_size", ctypes.c_uint32),
-        ("value_size", ctypes.c_uint32),
-        ("max_entries", ctypes.c_uint32),
-        ("map_flags", ctypes.c_uint32),
-        ("inner_map_fd", ctypes.c_uint32),
-        ("numa_node", ctypes.c_uint32),
-        ("map_name", ctypes.c_char * 16),
-    )
-
-
-class _ProgLoadAttr(ctypes.Structure):  # union bpf_attr, BPF_PROG_LOAD
-    _fields_ = (
-        ("prog_type", ctypes.c_uint32),
-        ("insn_cnt", ctypes.c_uint32),
-        ("insns", ctypes.c_uint64),
-        ("license", ctypes.c_uint64),
-        ("log_level", ctypes.c_uint32),
-        ("log_size", ctypes.c_uint32),
-        ("log_buf", ctypes.c_uint64),
-        ("kern_version", ctypes.c_uint32),
-        ("prog_flags", ctypes.c_uint32),
-        ("prog_name", ctypes.c_char * 16),
-        ("prog_ifindex", ctypes.c_uint32),
-        ("expected_attach_type", ctypes.c_uint32),
-    )
 
 
 def _blank(asm: Asm, reg: int, target: str) -> None:
@@ -261,36 +230,6 @@ def program(scratch_fd: int, sockarray_fd: int, workers: int) -> bytes:
     return a.assemble()
 
 
-def _create_map(kind: int, key: int, value: int, entries: int, name: bytes) -> int:
-    attr = _MapCreateAttr(
-        map_type=kind, key_size=key, value_size=value, max_entries=entries, map_name=name
-    )
-    return bpf_syscall(_BPF_MAP_CREATE, attr)
-
-
-def _load(insns: bytes, name: bytes) -> int:
-    code = ctypes.create_string_buffer(insns, len(insns))
-    license_ = ctypes.create_string_buffer(b"GPL")  # as bcc declares the filter's
-    log = ctypes.create_string_buffer(1 << 20)
-    attr = _ProgLoadAttr(
-        prog_type=_PROG_SK_REUSEPORT,
-        insn_cnt=len(insns) // 8,
-        insns=ctypes.addressof(code),
-        license=ctypes.addressof(license_),
-        prog_name=name,
-        expected_attach_type=_ATTACH_SK_REUSEPORT_SELECT,
-    )
-    try:
-        return bpf_syscall(_BPF_PROG_LOAD, attr)
-    except OSError as first:
-        attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ctypes.addressof(log)
-        try:  # again with the verifier's log, to say why
-            return bpf_syscall(_BPF_PROG_LOAD, attr)
-        except OSError:
-            tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
-            raise SteeringError(f"{first.strerror}: {' / '.join(tail)}") from None
-
-
 class Steering:
     """The supervisor's: per shared UDP listener, a socket array and the program that uses it."""
 
@@ -303,22 +242,20 @@ class Steering:
         """SteeringError when the kernel cannot (no bpf(2) rights, no SK_REUSEPORT programs)."""
         made: list[int] = []
         try:
-            scratch = _create_map(_MAP_PERCPU_ARRAY, 4, _SCRATCH_SIZE, 1, b"cip_steer_buf")
+            scratch = map_create(_MAP_PERCPU_ARRAY, 4, _SCRATCH_SIZE, 1, b"cip_steer_buf")
             made.append(scratch)
             groups = []
             for _ in range(listeners):
-                array = _create_map(_MAP_REUSEPORT_SOCKARRAY, 4, 8, workers, b"cip_steer_socks")
+                array = map_create(_MAP_REUSEPORT_SOCKARRAY, 4, 8, workers, b"cip_steer_socks")
                 made.append(array)
-                prog = _load(program(scratch, array, workers), b"cip_steer")
+                code = program(scratch, array, workers)
+                prog = prog_load(_PROG_SK_REUSEPORT, _SK_REUSEPORT_SELECT, code, b"cip_steer")
                 made.append(prog)
                 groups.append((array, prog))
-        except OSError as e:
-            for fd in made:
-                _close(fd)
-            raise SteeringError(e.strerror or str(e)) from None
-        except BaseException:
-            for fd in made:
-                _close(fd)
+        except BaseException as e:
+            _close_all(made)
+            if isinstance(e, OSError):
+                raise SteeringError(e.strerror or str(e)) from None
             raise
         return cls(groups, scratch)
 
@@ -331,16 +268,14 @@ class Steering:
         return ";".join(f"{array},{prog}" for array, prog in self.groups)
 
     def close(self) -> None:
-        for fd in [*self.fds(), self._scratch]:
-            _close(fd)
+        _close_all([*self.fds(), self._scratch])
         self.groups = []
 
 
-def _close(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def parse_fds(arg: str) -> list[tuple[int, int]]:

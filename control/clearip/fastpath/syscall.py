@@ -1,8 +1,9 @@
 """bpf(2) through ctypes: the few commands needed to use maps by fd or by pinned path.
 
 ``bpf_syscall`` and the ``union bpf_attr`` layouts it is called with, pinning and opening by
-path, and ``Map``: one map by fd, with raw-bytes lookup, update, delete, key walk and batch
-dump (per-CPU values summed without a Python loop per counter). It knows map types and sizes
+path, making a map and loading a program (call steering, which needs no bcc), and ``Map``:
+one map by fd, with raw-bytes lookup, update, delete, key walk and batch dump
+(per-CPU values summed without a Python loop per counter). It knows map types and sizes
 but not what the fast path's maps mean: that is ``maps.PinnedMaps``. Separate because it is
 the one place that talks to the kernel's bpf(2) ABI.
 """
@@ -27,10 +28,12 @@ __all__ = ["bpf_syscall"]
 # ---------------------------------------------------------------------------------------------
 # bpf(2) through ctypes: the few commands needed to use maps by fd or by pinned path.
 
+_BPF_MAP_CREATE = 0
 _BPF_MAP_LOOKUP_ELEM = 1
 _BPF_MAP_UPDATE_ELEM = 2
 _BPF_MAP_DELETE_ELEM = 3
 _BPF_MAP_GET_NEXT_KEY = 4
+_BPF_PROG_LOAD = 5
 _BPF_OBJ_PIN = 6
 _BPF_OBJ_GET = 7
 _BPF_OBJ_GET_INFO_BY_FD = 15
@@ -81,6 +84,36 @@ class _BatchAttr(ctypes.Structure):  # union bpf_attr, BPF_MAP_*_BATCH
     )
 
 
+class _MapCreateAttr(ctypes.Structure):  # union bpf_attr, BPF_MAP_CREATE
+    _fields_ = (
+        ("map_type", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("inner_map_fd", ctypes.c_uint32),
+        ("numa_node", ctypes.c_uint32),
+        ("map_name", ctypes.c_char * 16),
+    )
+
+
+class _ProgLoadAttr(ctypes.Structure):  # union bpf_attr, BPF_PROG_LOAD
+    _fields_ = (
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * 16),
+        ("prog_ifindex", ctypes.c_uint32),
+        ("expected_attach_type", ctypes.c_uint32),
+    )
+
+
 class _ObjAttr(ctypes.Structure):  # union bpf_attr, BPF_OBJ_PIN / BPF_OBJ_GET
     _fields_ = (
         ("pathname", ctypes.c_uint64),
@@ -110,6 +143,8 @@ class _MapInfo(ctypes.Structure):  # struct bpf_map_info, the leading fields we 
 
 
 _CMD_NAMES = {
+    _BPF_MAP_CREATE: "MAP_CREATE",
+    _BPF_PROG_LOAD: "PROG_LOAD",
     _BPF_MAP_LOOKUP_ELEM: "MAP_LOOKUP_ELEM",
     _BPF_MAP_UPDATE_ELEM: "MAP_UPDATE_ELEM",
     _BPF_MAP_DELETE_ELEM: "MAP_DELETE_ELEM",
@@ -152,6 +187,39 @@ def obj_pin(fd: int, path: Path) -> None:
         bpf_syscall(_BPF_OBJ_PIN, _ObjAttr(pathname=ctypes.addressof(buf), bpf_fd=fd))
     except OSError as exc:
         raise OSError(exc.errno, f"{exc.strerror}: {path}") from None
+
+
+def map_create(kind: int, key_size: int, value_size: int, entries: int, name: bytes) -> int:
+    """A new map's fd."""
+    attr = _MapCreateAttr(
+        map_type=kind, key_size=key_size, value_size=value_size, max_entries=entries, map_name=name
+    )
+    return bpf_syscall(_BPF_MAP_CREATE, attr)
+
+
+def prog_load(kind: int, attach_type: int, insns: bytes, name: bytes) -> int:
+    """A new program's fd; OSError with the verifier's last words when it refuses (the load is
+    tried again with its log, which costs a second verification only then)."""
+    code = ctypes.create_string_buffer(insns, len(insns))
+    license_ = ctypes.create_string_buffer(b"GPL")  # as bcc declares the tc filter's
+    attr = _ProgLoadAttr(
+        prog_type=kind,
+        insn_cnt=len(insns) // 8,
+        insns=ctypes.addressof(code),
+        license=ctypes.addressof(license_),
+        prog_name=name,
+        expected_attach_type=attach_type,
+    )
+    try:
+        return bpf_syscall(_BPF_PROG_LOAD, attr)
+    except OSError as first:
+        log = ctypes.create_string_buffer(1 << 20)
+        attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ctypes.addressof(log)
+        try:
+            return bpf_syscall(_BPF_PROG_LOAD, attr)
+        except OSError:
+            tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
+            raise OSError(first.errno, f"{first.strerror}: {' / '.join(tail)}") from None
 
 
 def map_info(fd: int) -> _MapInfo:

@@ -67,10 +67,11 @@ class Worker:
         instance: str | None = None,
         handoff_dir: str = "",
         conncount_fd: int | None = None,
-        steering: list[tuple[int, int]] | None = None,
+        steering_fds: list[tuple[int, int]] | None = None,
     ):
         self.config = config
-        self.steering = steering or []  # (socket array fd, program fd) per shared UDP listener
+        # (socket array fd, program fd) per shared UDP listener: fastpath/steering.py
+        self.steering_fds = steering_fds or []
         self.config_path = config_path
         self.index = index
         self.workers = workers
@@ -188,8 +189,8 @@ class Worker:
             self.handoff = Handoff(self.loop, self.handoff_dir, self.index, self._receive)
         for group, lst in enumerate(cfg.listen.udp):
             shared = self._open_udp((lst.host, lst.port), shared=True)
-            if group < len(self.steering):
-                self._join_steering(shared, *self.steering[group])
+            if group < len(self.steering_fds):
+                self._join_steering(shared, *self.steering_fds[group])
             # requests go out from a port of this worker's own, even when it is the only one:
             # their answers come straight back to it, and need no pinhole in the fast path
             port = lst.port + PRIVATE_PORT_OFFSET + self.index
