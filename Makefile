@@ -1,6 +1,6 @@
 # One command each: set up the machine (idempotent), then run, test or benchmark.
 # bench-overload and soak are long load runs of their own, part of neither test nor bench.
-.PHONY: bootstrap run test lint bench bench-overload soak fuzz install clean
+.PHONY: bootstrap run test test-pure lint bench bench-overload soak fuzz install clean
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -15,8 +15,21 @@ run: bootstrap
 lint: bootstrap
 	$(VENV)/bin/ruff check control lab tests tools
 
+# The whole suite on the compiled build, then the sans-IO core and the call flows on the pure
+# one (the fallback; the tests that patch methods of compiled classes run there).
+PURE_TESTS = tests/test_message.py tests/test_uri.py tests/test_framing.py tests/test_transaction.py \
+	tests/test_torture.py tests/test_properties.py tests/test_build.py tests/test_core_*.py \
+	tests/test_e2e_flows.py tests/test_run_defaults.py
+
 test: bootstrap lint
+	$(PY) tools/build_compiled.py --expect compiled
 	$(PY) -m pytest -q tests
+	CLEARIP_BUILD=pure $(PY) tools/build_compiled.py --expect pure
+	CLEARIP_BUILD=pure $(PY) -m pytest -q $(PURE_TESTS)
+
+# The whole suite on the pure-Python build.
+test-pure: bootstrap lint
+	CLEARIP_BUILD=pure $(PY) -m pytest -q tests
 
 # Kamailio: the reference of the call-rate anchor. As root, installed once (a no-op after).
 KAMAILIO = [ "$$(id -u)" != 0 ] || dpkg -s kamailio >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kamailio >/dev/null || echo "$@: could not install kamailio: no Kamailio figures" >&2

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from lab.netlab import NetLab
 
+from clearip import build
 from tests.calllab import status_of
 from tests.helpers import wait_until
 from tests.netlab import skip_unless_netns
@@ -67,6 +68,8 @@ metrics = ""
         assert status["counters"]["clearip_unavailable"] == 1
         # one worker per core, and the kernel steers each call's datagrams to its worker
         assert status["steering"]["mode"] == ("ebpf" if len(status["workers"]) > 1 else "off")
+        # the build this checkout runs (make test: compiled; its pure leg: pure)
+        assert status["build"]["build"] == build.BUILD
         assert {(x["transport"], x["address"]) for x in status["listeners"]} == {
             ("udp", "0.0.0.0:5060"), ("tcp", "0.0.0.0:5060"), ("tls", "0.0.0.0:5061"),
         }  # fmt: skip

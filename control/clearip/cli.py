@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from clearip import __version__, capture, top, trust
+from clearip import __version__, build, capture, top, trust
 from clearip.cmdutil import CommandError, control_request, duration, load
 from clearip.config import DEFAULT_CONFIG_PATH, ConfigError
 from clearip.ctlsock import ControlError, NotRunning, request
@@ -83,6 +83,11 @@ def _upstream_line(upstream: Mapping[str, Any]) -> str:
 SOURCES_SHOWN = 10
 
 
+def _build_line(status: Mapping[str, Any]) -> str:
+    built = status.get("build") or {}
+    return f"{built.get('build', '?')} build ({built.get('detail') or 'not reported'})"
+
+
 def _steering_line(status: Mapping[str, Any]) -> str:
     steering = status.get("steering") or {}
     sent = (status.get("handoff") or {}).get("sent", 0)
@@ -116,6 +121,7 @@ def format_status(status: Mapping[str, Any]) -> str:
         f"  upstream   {_upstream_line(status.get('upstream') or {})}",
         f"  fast path  {fast}",
         f"  steering   {_steering_line(status)}",
+        f"  build      {_build_line(status)}",
         f"  listeners  {listeners or 'none'}",
     ]
     overload = status.get("overload") or {}
@@ -336,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="clearipctl",
         description="ClearIP In-Line Proxy: run the SIP relay and operate its fast path.",
     )
-    parser.add_argument("--version", action="version", version=f"clearipctl {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"clearipctl {__version__}, {build.describe()}"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         sub_parser = sub.add_parser(command.name, help=command.help, description=command.help)

@@ -37,6 +37,7 @@ ADDED_STATUS_KEYS = (
     "overload",
     "steering",
     "handoff",
+    "build",
 )
 KERNEL_COUNTER_NAMES = (
     "passed_pkts",
@@ -204,4 +205,6 @@ def status_contract(status: Mapping[str, Any]) -> dict[str, Any]:
     # "handoff" (the program did not load) or "off" (one worker, or relay.steering = off)
     out["steering"] = dict(status.get("steering") or {"mode": "off", "reason": ""})
     out["handoff"] = {"sent": 0, "local": 0, **(status.get("handoff") or {})}
+    # the hot path's build: "compiled" (mypyc) or "pure", and why (clearip.build)
+    out["build"] = {"build": "pure", "detail": "not reported", **(status.get("build") or {})}
     return out

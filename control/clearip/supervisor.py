@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clearip import __version__, trust
+from clearip import __version__, build, trust
 from clearip.config import Config, ConfigError, default_config, load_config
 from clearip.ctlsock import ControlError, ControlServer, Handler, OpError
 from clearip.fastpath.steering import Steering, SteeringError
@@ -222,8 +222,9 @@ class Supervisor:
                 return 1
             if not self._stop_requested.is_set():
                 log.info(
-                    "proxy %s running: %d relay workers, control socket %s",
+                    "proxy %s running, %s: %d relay workers, control socket %s",
                     __version__,
+                    build.describe(),
                     len(self._workers),
                     self.config.control.socket,
                 )
@@ -659,6 +660,7 @@ class Supervisor:
             "fastpath": self._fastpath_status(),
             "counters": merged["counters"],
             "steering": self.steering_status,
+            "build": {"build": build.BUILD, "detail": build.DETAIL},
             "sources": await self._with_kernel_counters(merged["sources"]),
             **{k: v for k, v in merged.items() if k not in OWN_KEYS},
             "workers": [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from clearip.relay.routing import (
     Candidate,
@@ -98,7 +98,7 @@ class Call:
         self.started = now
         self.state = "new"  # a row of FLOW
         self.deadline: float | None = None  # the state's timer (see FLOW's "timer" events)
-        self.timer = None  # its place in the core's timer heap (ProxyCore.arm)
+        self.timer: Any = None  # its place in the core's timer heap (ProxyCore.arm)
         self.clearip: TxRecord | None = None
         self.clearip_conn: int | None = None
         self.clearip_sent = 0.0
@@ -178,8 +178,10 @@ class Call:
         if rec.role == "clearip":
             if rec is self.clearip:
                 self._on(clearip_event, None, now)
-        elif rec.role == "branch" and rec.data is self.branch and not rec.data.abandoned:
-            self._on("branch_lost", None, now)
+        elif rec.role == "branch":
+            branch = self.branch
+            if branch is not None and rec.data is branch and not branch.abandoned:
+                self._on("branch_lost", None, now)
 
     def _on(self, event: str, resp: Response | None, now: float) -> None:
         handler = FLOW[self.state].get(event)
@@ -258,7 +260,7 @@ class Call:
     def _clearip_timeout(self, _resp: Response | None, now: float) -> None:
         self._set_deadline(None)
         rec = self.clearip
-        if rec is not None and rec.tx.got_provisional:
+        if rec is not None and isinstance(rec.tx, ClientTransaction) and rec.tx.got_provisional:
             self.core.cancel_branch(rec, now)
         self.clearip = None
         self._clearip_failed("timeout", "clearip_timeout", now)
@@ -296,7 +298,7 @@ class Call:
 
     def _cancel_asking(self, _resp: Response | None, now: float) -> None:
         rec = self.clearip
-        if rec is not None and rec.tx.got_provisional:
+        if rec is not None and isinstance(rec.tx, ClientTransaction) and rec.tx.got_provisional:
             self.core.cancel_branch(rec, now)
         else:
             self.cancel_owed = True  # RFC 3261 §9.1: not before a provisional
@@ -391,6 +393,7 @@ class Call:
         assert resp is not None and self.branch is not None
         branch = self.branch
         if not branch.answered:
+            assert branch.rec is not None  # a branch answers through its transaction
             branch.answered = True
             self._set_deadline(None)
             self.core.dialog_started(self, resp, branch.rec)

@@ -205,7 +205,8 @@ class ProxyCore:
         if when is None:
             obj.timer = None
             return
-        ticket = obj.timer = _Ticket(when, obj)
+        ticket = _Ticket(when, obj)
+        obj.timer = ticket
         timers = self._timers
         heapq.heappush(timers, (when, next(self._seq), ticket))
         if self._cancelled > TIMER_SWEEP_MIN and 2 * self._cancelled > len(timers):
@@ -442,6 +443,7 @@ class ProxyCore:
         key = server_key(req)
         rec = self.server_txs.get(key)
         if rec is not None:  # a retransmission, or the ACK of a non-2xx final
+            assert isinstance(rec.tx, ServerTransaction)
             self._tx_events(rec, rec.tx.receive(req, now), now)
             return
         method = req.method
@@ -743,6 +745,7 @@ class ProxyCore:
             log.info("dropped a %d %s from %s:%d over %s: not where the request went",
                      resp.status, resp.cseq.method, *flow.remote, flow.transport)
             return
+        assert isinstance(rec.tx, ClientTransaction)
         self._tx_events(rec, rec.tx.receive(resp, now), now)
 
     @staticmethod

@@ -232,7 +232,7 @@ def hang_up(core: ProxyCore, rec: TxRecord, resp: Response, now: float) -> None:
             [
                 ("via", f"Via: {core.via_for(target)}".encode()),
                 ("max-forwards", b"Max-Forwards: 70"),
-                *(("route", f"Route: {r}".encode()) for r in route_set),
+                *[("route", f"Route: {r}".encode()) for r in route_set],
                 ("from", from_line),
                 ("to", to_line),
                 ("call-id", call_id),

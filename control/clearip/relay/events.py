@@ -8,6 +8,7 @@ reports failures back with the `Send.token` it was given.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 Address = tuple[str, int]
 
@@ -47,4 +48,4 @@ class Target:
 class Send:
     data: bytes
     target: Target
-    token: object = None  # handed back to ProxyCore.send_failed() if the send fails
+    token: Any = None  # handed back to ProxyCore.send_failed() if the send fails

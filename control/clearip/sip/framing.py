@@ -132,7 +132,10 @@ class StreamFramer:
             raise SipProtocolError(self._error.reason, self._error.status)
 
     def _next_event(self) -> FramingEvent | None:
-        if self._start is None:
+        # test a local, not `self._start`: _keepalive() may set it, and a compiled build (mypyc)
+        # trusts the narrowing of an attribute across a call
+        start = self._start
+        if start is None:
             keepalive = self._keepalive()
             if keepalive is not None or self._start is None:
                 return keepalive

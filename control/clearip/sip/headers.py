@@ -89,7 +89,7 @@ def ascii_uint(text: str | bytes, max_value: int) -> int | None:
     if not text.isdigit() or not text.isascii():
         return None
     if len(text) > 10:  # more digits than any 32-bit value, unless they are leading zeros
-        text = text.lstrip(b"0" if isinstance(text, bytes) else "0") or text[-1:]
+        text = (text.lstrip(b"0") if isinstance(text, bytes) else text.lstrip("0")) or text[-1:]
         if len(text) > 10:
             return None
     value = int(text)

@@ -358,19 +358,9 @@ class SipMessage:
             self.remove_header("content-type")
 
     def copy(self) -> SipMessage:
-        clone = object.__new__(type(self))
-        clone.first_line = self.first_line
-        clone._lines = list(self._lines)
-        clone._keys = list(self._keys)
-        clone.body = self.body
-        # parsed values are never mutated, only replaced when their header is edited: the copy
-        # (the INVITE for each next hop) keeps them instead of parsing its headers again
-        clone._cache = self._cache.copy()
-        self._copy_extra(clone)
-        return clone
-
-    def _copy_extra(self, clone: Any) -> None:
-        pass
+        """A copy to edit (the INVITE for each next hop). Parsed values are never mutated, only
+        replaced when their header is edited, so the copy keeps them instead of parsing again."""
+        raise NotImplementedError
 
     def to_bytes(self) -> bytes:
         """The message on the wire, with a Content-Length that matches the body.
@@ -404,7 +394,8 @@ class SipMessage:
             else (self.first_line, CRLF, CRLF, self.body)
         )
 
-    __bytes__ = to_bytes
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
 
 
 class Request(SipMessage):
@@ -420,9 +411,12 @@ class Request(SipMessage):
         self.method = method
         self.uri = uri  # Request-URI text as on the wire
 
-    def _copy_extra(self, clone: Any) -> None:
-        clone.method = self.method
-        clone.uri = self.uri
+    def copy(self) -> Request:
+        clone = Request(
+            self.method, self.uri, self.first_line, list(self._lines), list(self._keys), self.body
+        )
+        clone._cache = self._cache.copy()
+        return clone
 
     def set_uri(self, uri: bytes | str) -> None:
         """Set the Request-URI (the method and version bytes stay as they came)."""
@@ -462,9 +456,13 @@ class Response(SipMessage):
         self.status = status
         self.reason = reason  # reason phrase bytes as received (relayed unchanged)
 
-    def _copy_extra(self, clone: Any) -> None:
-        clone.status = self.status
-        clone.reason = self.reason
+    def copy(self) -> Response:
+        clone = Response(
+            self.status, self.reason, self.first_line, list(self._lines), list(self._keys),
+            self.body,
+        )
+        clone._cache = self._cache.copy()
+        return clone
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason.decode('utf-8', 'replace')}>"
@@ -507,7 +505,7 @@ def _content_length(msg: SipMessage) -> int | None:
 
 
 def parse_message(
-    data: bytes,
+    buf: bytes | bytearray | memoryview,
     *,
     max_bytes: int = limits.MAX_MESSAGE_BYTES,
     max_headers: int = limits.MAX_HEADERS,
@@ -526,8 +524,8 @@ def parse_message(
 
     Raises SipProtocolError for anything malformed; never another exception for any input.
     """
-    if type(data) is not bytes:
-        data = bytes(data)  # a bytearray or memoryview from a buffer: header names get hashed
+    # a bytearray or memoryview from a buffer becomes bytes: header names get hashed
+    data = buf if isinstance(buf, bytes) else bytes(buf)
     if len(data) > max_bytes:
         raise SipProtocolError(f"message larger than {max_bytes} bytes", 513)
     start = 0

@@ -616,7 +616,7 @@ def _hop_request(invite: Request, method: str, to_line: bytes) -> Request:
         invite.uri,
         [
             ("via", via),
-            *((k, line) for k, line in invite.header_lines() if k == "route"),
+            *[(k, line) for k, line in invite.header_lines() if k == "route"],
             ("max-forwards", b"Max-Forwards: " + ACK_MAX_FORWARDS),
             ("from", _raw_line(invite, "from")),
             ("to", to_line),

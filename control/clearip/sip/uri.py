@@ -385,7 +385,7 @@ def _parse_urn(rest: str) -> UrnUri:
     return UrnUri(nid, nss)
 
 
-def parse_uri(text: str | bytes) -> SipUri | TelUri | UrnUri:
+def parse_uri(text: str | bytes | bytearray) -> SipUri | TelUri | UrnUri:
     """Parse a sip/sips/tel/urn URI (without surrounding ``<>``); raise SipProtocolError."""
     if isinstance(text, bytes | bytearray):
         if len(text) > MAX_URI_CHARS:
