@@ -9,20 +9,35 @@ from clearip.relay.ids import Ids, call_hash, owner_of
 
 
 def counting_bytes() -> object:
+    """Bytes 0, 1, 2 ... (mod 256) across calls; `take.calls` counts the draws."""
     n = 0
 
     def take(size: int) -> bytes:
         nonlocal n
-        n += 1
-        return bytes([n]) * size
+        take.calls += 1  # type: ignore[attr-defined]
+        out = bytes((n + i) % 256 for i in range(size))
+        n += size
+        return out
 
+    take.calls = 0  # type: ignore[attr-defined]
     return take
 
 
 def test_branches_and_tags_have_the_documented_form() -> None:
     ids = Ids(3, "0badcafe", counting_bytes())  # type: ignore[arg-type]
-    assert ids.branch() == "z9hG4bK.cip3.0badcafe.0101010101010101"
-    assert ids.tag() == "cip0202020202020202"
+    assert ids.branch() == "z9hG4bK.cip3.0badcafe.0001020304050607"
+    assert ids.tag() == "cip08090a0b0c0d0e0f"
+
+
+def test_random_bytes_are_drawn_in_bulk_and_never_reused() -> None:
+    """os.urandom is a syscall: one draw serves 512 identifiers, each byte used once."""
+    source = counting_bytes()
+    ids = Ids(0, "0badcafe", source)  # type: ignore[arg-type]
+    drawn = "".join(ids.branch()[-16:] for _ in range(512))
+    assert drawn == bytes(i % 256 for i in range(4096)).hex()  # each byte once, in order
+    assert source.calls == 1  # type: ignore[attr-defined]
+    ids.tag()
+    assert source.calls == 2  # type: ignore[attr-defined]
 
 
 def test_only_this_instances_branches_are_ours() -> None:

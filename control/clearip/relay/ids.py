@@ -22,17 +22,33 @@ _OUR_BRANCH = re.compile(rb"branch=" + re.escape(OURS.encode()) + rb"(\d+)\.")
 _CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
 
 
+# Random bytes are drawn this many at a time: os.urandom is a syscall (getrandom), and a call
+# makes several branches and tags.
+_POOL = 4096
+
+
 class Ids:
     def __init__(self, worker: int, instance: str, random_bytes: Callable[[int], bytes]) -> None:
         self.instance = instance
         self._prefix = f"{OURS}{worker}.{instance}."
         self._random = random_bytes
+        self._pool = b""
+        self._used = 0
+
+    def _hex8(self) -> str:
+        """8 fresh random bytes as hex, from the pool (each byte is used once)."""
+        used = self._used
+        if used + 8 > len(self._pool):
+            self._pool = self._random(_POOL)
+            used = 0
+        self._used = used + 8
+        return self._pool[used : used + 8].hex()
 
     def branch(self) -> str:
-        return self._prefix + self._random(8).hex()
+        return self._prefix + self._hex8()
 
     def tag(self) -> str:
-        return "cip" + self._random(8).hex()
+        return "cip" + self._hex8()
 
     def is_ours(self, branch: str | None) -> bool:
         """A branch this proxy (any of its workers) made."""

@@ -79,11 +79,12 @@ class SipMessage:
 
     def get(self, name: str) -> bytes | None:
         """Value of the first header line named `name` (any case, compact form allowed)."""
-        try:
-            i = self._keys.index(header_key(name))
-        except ValueError:
-            return None
-        return self._value_at(i)
+        key = header_key(name)
+        keys = self._keys
+        for i in range(len(keys)):  # not keys.index(): a miss would raise, costly compiled
+            if keys[i] == key:
+                return self._value_at(i)
+        return None
 
     def get_all(self, name: str) -> list[bytes]:
         """Values of every line named `name`, list headers split into their elements."""
@@ -106,20 +107,19 @@ class SipMessage:
 
     @property
     def vias(self) -> list[Via]:
-        try:
-            return self._cache["via"]  # type: ignore[no-any-return]
-        except KeyError:
-            vias = self._cache["via"] = [parse_via(v) for v in self.get_all("via")]
-            return vias
+        hit = self._cache.get("via")
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        vias = self._cache["via"] = [parse_via(v) for v in self.get_all("via")]
+        return vias
 
     @property
     def top_via(self) -> Via:
         """The first Via only: what transactions and response routing need (cheaper than vias)."""
         cache = self._cache
-        try:
-            return cache["top-via"]  # type: ignore[no-any-return]
-        except KeyError:
-            pass
+        hit = cache.get("top-via")
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
         if "via" in cache:
             vias = cache["via"]
             if not vias:
@@ -140,18 +140,17 @@ class SipMessage:
 
     @property
     def cseq(self) -> CSeq:
-        try:
-            return self._cache["cseq"]  # type: ignore[no-any-return]
-        except KeyError:
-            cseq = self._cache["cseq"] = parse_cseq(self._single("cseq"))
-            return cseq
+        hit = self._cache.get("cseq")
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        cseq = self._cache["cseq"] = parse_cseq(self._single("cseq"))
+        return cseq
 
     @property
     def call_id(self) -> str:
-        try:
-            return self._cache["call-id"]  # type: ignore[no-any-return]
-        except KeyError:
-            pass
+        hit = self._cache.get("call-id")
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
         value = self._single("call-id")
         # visible ASCII: `<`, `>` and `"` are word characters too (RFC 4475 §3.1.1.2)
         if not value or not value.isascii() or value.translate(None, _CTL_OR_SPACE) != value:
@@ -161,34 +160,33 @@ class SipMessage:
 
     @property
     def from_(self) -> NameAddr:
-        try:
-            return self._cache["from"]  # type: ignore[no-any-return]
-        except KeyError:
-            addr = self._cache["from"] = parse_name_addr(self._single("from"), "From")
-            return addr
+        hit = self._cache.get("from")
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        addr = self._cache["from"] = parse_name_addr(self._single("from"), "From")
+        return addr
 
     @property
     def to(self) -> NameAddr:
-        try:
-            return self._cache["to"]  # type: ignore[no-any-return]
-        except KeyError:
-            addr = self._cache["to"] = parse_name_addr(self._single("to"), "To")
-            return addr
+        hit = self._cache.get("to")
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        addr = self._cache["to"] = parse_name_addr(self._single("to"), "To")
+        return addr
 
     @property
     def contacts(self) -> list[NameAddr] | StarContact:
-        try:
-            return self._cache["contact"]  # type: ignore[no-any-return]
-        except KeyError:
-            contacts = self._cache["contact"] = parse_contact_list(self.get_all("contact"))
-            return contacts
+        hit = self._cache.get("contact")
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        contacts = self._cache["contact"] = parse_contact_list(self.get_all("contact"))
+        return contacts
 
     @property
     def routes(self) -> list[NameAddr]:
-        try:
-            return self._cache["route"]  # type: ignore[no-any-return]
-        except KeyError:
-            pass
+        hit = self._cache.get("route")
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
         routes = [] if "route" not in self._keys else [
             parse_name_addr(v, "Route") for v in self.get_all("route")
         ]
@@ -197,19 +195,18 @@ class SipMessage:
 
     @property
     def record_routes(self) -> list[NameAddr]:
-        try:
-            return self._cache["record-route"]  # type: ignore[no-any-return]
-        except KeyError:
-            rrs = [parse_name_addr(v, "Record-Route") for v in self.get_all("record-route")]
-            self._cache["record-route"] = rrs
-            return rrs
+        hit = self._cache.get("record-route")
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
+        rrs = [parse_name_addr(v, "Record-Route") for v in self.get_all("record-route")]
+        self._cache["record-route"] = rrs
+        return rrs
 
     @property
     def max_forwards(self) -> int | None:
-        try:
-            return self._cache["max-forwards"]  # type: ignore[no-any-return]
-        except KeyError:
-            pass
+        hit = self._cache.get("max-forwards")
+        if hit is not None:
+            return hit  # type: ignore[no-any-return]
         value = self.get("max-forwards")
         hops = None
         if value is not None:
