@@ -57,6 +57,19 @@ def test_an_edited_source_falls_back_to_pure_python_whole(tmp_path: Path) -> Non
     assert "stale: sip.message changed" in " ".join(out[3:])
 
 
+@needs_compiled
+def test_extension_modules_without_their_manifest_never_load(tmp_path: Path) -> None:
+    """A build interrupted before its manifest, or a manifest removed: nothing vouches for
+    the extension modules, so none of them runs."""
+    copy = tmp_path / "clearip"
+    shutil.copytree(
+        build.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__", "compiled.json")
+    )
+    assert list(copy.rglob("*.so"))
+    kind, core = run(WHERE, path=tmp_path)
+    assert kind == "pure" and core == str(copy / "relay" / "core.py")
+
+
 def test_without_a_build_every_module_is_pure_python(tmp_path: Path) -> None:
     copy = tmp_path / "clearip"
     shutil.copytree(

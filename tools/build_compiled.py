@@ -26,7 +26,7 @@ CONTROL = build.PACKAGE_DIR.parent
 
 def built_files() -> list[Path]:
     """Every extension module in the package, and the manifest: what a build leaves."""
-    found = [p for p in build.PACKAGE_DIR.rglob("*.so")]
+    found = list(build.PACKAGE_DIR.rglob("*.so"))
     return [*found, build.MANIFEST] if build.MANIFEST.exists() else found
 
 

@@ -111,7 +111,8 @@ def _select() -> tuple[str, str]:
         reason = why_not_compiled(manifest)
     if reason is None and manifest is not None:
         return "compiled", f"mypyc {manifest.get('mypy', '?')}, {len(MODULES)} modules"
-    if manifest is not None and not any(isinstance(f, _SourceOnly) for f in sys.meta_path):
+    # even with no manifest: extension modules it does not vouch for must not load
+    if not any(isinstance(f, _SourceOnly) for f in sys.meta_path):
         sys.meta_path.insert(0, _SourceOnly())
     return "pure", str(reason)
 
