@@ -193,3 +193,34 @@ def test_status_says_how_calls_reach_their_workers() -> None:
     assert "steering   in the kernel (Call-ID), 3 messages handed between workers" in steered
     refused = format_status({"steering": {"mode": "handoff", "reason": "EPERM"}})
     assert "by hand-off: the program did not load (EPERM)" in refused
+
+
+@needs_root
+def test_a_signal_during_the_load_does_not_cost_the_steering() -> None:
+    """The verifier gives up with EAGAIN when a signal is pending (CI: a worker's SIGCHLD arrived
+    during the ~170 ms load and the proxy ran unsteered); the load is tried again."""
+    import signal
+    import threading
+
+    got: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda sig, _frame: got.append(sig))
+    main = threading.main_thread().ident
+    assert main is not None
+    stop = threading.Event()
+
+    def poke() -> None:  # two signals, 30 ms apart: each lands inside one verification
+        for _ in range(2):
+            if stop.wait(0.03):
+                return
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+    thread = threading.Thread(target=poke)
+    try:
+        thread.start()
+        loaded = steering.Steering.load(1, 2)
+        loaded.close()
+    finally:
+        stop.set()
+        thread.join()
+        signal.signal(signal.SIGUSR1, previous)
+    assert got, "no signal arrived during the load: the test proved nothing"

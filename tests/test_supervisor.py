@@ -248,6 +248,28 @@ def test_link_ops_and_events(loop: str) -> None:
 
 
 @pytest.mark.parametrize("loop", list(LOOPS))
+def test_channel_close_survives_a_cancelled_closer(loop: str) -> None:
+    """The watcher closes a dead worker's channel and may be cancelled while it waits; `_stop`
+    closing the same channel afterwards must not inherit that cancellation (CI saw it)."""
+
+    async def main() -> None:
+        ours, theirs = socket.socketpair()
+        channel = await WorkerChannel.open(ours, lambda _: None, "worker 0")
+        # the far end stays open, so the first close is still waiting when it is cancelled
+        first = asyncio.create_task(channel.close())
+        await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await asyncio.wait_for(channel.close(), 5)  # not CancelledError
+        await asyncio.wait_for(channel.close(), 5)  # idempotent
+        assert channel.closed
+        theirs.close()
+
+    LOOPS[loop](main())
+
+
+@pytest.mark.parametrize("loop", list(LOOPS))
 def test_worker_shuts_down_when_the_supervisor_goes(loop: str) -> None:
     handler = RecordingHandler()
 

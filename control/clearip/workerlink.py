@@ -315,6 +315,7 @@ class WorkerChannel:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._closed = asyncio.Event()
+        self._closing: asyncio.Task[None] | None = None
         self._reader_task = asyncio.create_task(self._run(reader), name=f"channel-{name}")
 
     @classmethod
@@ -374,6 +375,15 @@ class WorkerChannel:
         log.error("link to %s: neither a reply nor an event, ignored: %.200r", self._name, message)
 
     async def close(self) -> None:
+        """Close the link and end its reader. Idempotent; the watcher and `_stop` may both close,
+        and the watcher may be cancelled meanwhile: every caller awaits one shielded closing task,
+        because a cancelled `wait_closed()` cancels the stream's shared close future and every
+        later `wait_closed()` would raise CancelledError in a caller nobody cancelled."""
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._close(), name=f"close-{self._name}")
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         self._writer.close()
         with contextlib.suppress(OSError):
             await self._writer.wait_closed()

@@ -197,6 +197,22 @@ def map_create(kind: int, key_size: int, value_size: int, entries: int, name: by
     return bpf_syscall(_BPF_MAP_CREATE, attr)
 
 
+PROG_LOAD_TRIES = 5
+
+
+def _load_retrying(attr: ctypes.Structure) -> int:
+    """BPF_PROG_LOAD, again when the verifier gave up because a signal arrived (EAGAIN: it
+    checks signal_pending() as it walks; a worker's SIGCHLD during the ~170 ms load did it in CI
+    and the proxy ran unsteered). Bounded: a signal storm still ends in the EAGAIN."""
+    for _ in range(PROG_LOAD_TRIES - 1):
+        try:
+            return bpf_syscall(_BPF_PROG_LOAD, attr)
+        except OSError as e:
+            if e.errno != errno.EAGAIN:
+                raise
+    return bpf_syscall(_BPF_PROG_LOAD, attr)
+
+
 def prog_load(kind: int, attach_type: int, insns: bytes, name: bytes) -> int:
     """A new program's fd; OSError with the verifier's last words when it refuses (the load is
     tried again with its log, which costs a second verification only then)."""
@@ -211,12 +227,12 @@ def prog_load(kind: int, attach_type: int, insns: bytes, name: bytes) -> int:
         expected_attach_type=attach_type,
     )
     try:
-        return bpf_syscall(_BPF_PROG_LOAD, attr)
+        return _load_retrying(attr)
     except OSError as first:
         log = ctypes.create_string_buffer(1 << 20)
         attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ctypes.addressof(log)
         try:
-            return bpf_syscall(_BPF_PROG_LOAD, attr)
+            return _load_retrying(attr)
         except OSError:
             tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
             raise OSError(first.errno, f"{first.strerror}: {' / '.join(tail)}") from None
