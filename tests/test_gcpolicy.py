@@ -45,7 +45,8 @@ def test_configure_turns_automatic_passes_off() -> None:
         gc.enable()
 
 
-def test_passes_take_the_young_generation_and_every_tenth_the_middle_one() -> None:
+def test_each_pass_takes_young_and_middle_and_promotes_to_old() -> None:
+    """Survivors of one pass are in the old generation, never traversed by the next pass."""
     passes: list[int] = []
 
     def seen(phase: str, info: dict[str, int]) -> None:
@@ -54,11 +55,18 @@ def test_passes_take_the_young_generation_and_every_tenth_the_middle_one() -> No
 
     runner = gcpolicy.Passes()
     gc.callbacks.append(seen)
+    gc.disable()
     try:
-        for _ in range(2 * gcpolicy.MIDDLE_EVERY):
+        survivors = [[] for _ in range(1000)]  # tracked lists, alive across the pass
+        assert runner.run() >= 0
+        young = {id(x) for x in gc.get_objects(0)} | {id(x) for x in gc.get_objects(1)}
+        assert not any(id(x) in young for x in survivors)
+        assert any(x is survivors[0] for x in gc.get_objects(2))
+        for _ in range(5):
             assert runner.run() >= 0
     finally:
         gc.callbacks.remove(seen)
-    middle = [0] * (gcpolicy.MIDDLE_EVERY - 1) + [1]
-    assert passes == middle * 2
+        gc.enable()
+    assert passes == [gcpolicy.PASS_GENERATION] * 6 == [1] * 6
     assert runner.take_longest() > 0 and runner.take_longest() == 0
+    del survivors

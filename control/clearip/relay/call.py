@@ -41,7 +41,7 @@ warn_log = logging.getLogger("clearip.relay")
 _VERSTAT = re.compile(rb";\s*verstat\s*=\s*([\w.-]{1,64})", re.IGNORECASE)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # an __init__ of its own: compiled (relay/events.py)
 class Branch:
     """One attempt at a next hop (a 302 Contact, or the emergency route)."""
 
@@ -53,8 +53,19 @@ class Branch:
     cancel_sent: bool = False
     answered: bool = False  # got a final response
 
+    def __init__(
+        self, candidate: Candidate | None, target: Target, rec: TxRecord | None = None
+    ) -> None:
+        self.candidate = candidate
+        self.target = target
+        self.rec = rec
+        self.provisional = False
+        self.abandoned = False
+        self.cancel_sent = False
+        self.answered = False
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)  # an __init__ of its own: compiled (relay/events.py)
 class CallLog:
     """What the one-line call log (SPEC §6) reports."""
 
@@ -62,6 +73,12 @@ class CallLog:
     attest: str = ""
     next_hops: list[str] = field(default_factory=list)
     clearip_ms: float | None = None
+
+    def __init__(self) -> None:
+        self.verdict = ""
+        self.attest = ""
+        self.next_hops = []
+        self.clearip_ms = None
 
 
 class Call:

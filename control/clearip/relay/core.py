@@ -84,7 +84,7 @@ class Environment(Protocol):
         ...
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # an __init__ of its own: compiled (relay/events.py)
 class TxRecord:
     """A transaction with where its messages go and who gets its results."""
 
@@ -99,16 +99,37 @@ class TxRecord:
     hole: bool = False
     timer: _Ticket | None = None  # its place in the timer heap (ProxyCore.arm)
 
+    def __init__(
+        self,
+        tx: ClientTransaction | ServerTransaction,
+        target: Target,
+        owner: Any = None,
+        role: str = "",
+        data: Any = None,
+    ) -> None:
+        self.tx = tx
+        self.target = target
+        self.owner = owner
+        self.role = role
+        self.data = data
+        self.dest = None
+        self.hole = False
+        self.timer = None
+
 
 TIMER_SWEEP_MIN = 1024  # fewer cancelled tickets than this are not worth a sweep
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # an __init__ of its own: compiled (relay/events.py)
 class _Ticket:
     """A scheduled object's place in the timer heap; `obj` None once cancelled."""
 
     when: float
     obj: Any
+
+    def __init__(self, when: float, obj: Any) -> None:
+        self.when = when
+        self.obj = obj
 
 
 # A timer heap entry: (when, sequence, ticket). A plain tuple, so the heap compares in C (the

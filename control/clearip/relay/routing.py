@@ -38,7 +38,7 @@ PROTECTED_HEADERS = frozenset(
 )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # an __init__ of its own: compiled (relay/events.py)
 class Candidate:
     """One Contact of a 3xx, ready to become a branch."""
 
@@ -48,9 +48,19 @@ class Candidate:
     q: float
     request_uri: str = ""  # `uri` as text (the Contact as written when it had no headers)
 
-    def __post_init__(self) -> None:
-        if not self.request_uri:
-            self.request_uri = str(self.uri)
+    def __init__(
+        self,
+        uri: SipUri,
+        target: Target,
+        headers: list[tuple[str, str]],
+        q: float,
+        request_uri: str = "",
+    ) -> None:
+        self.uri = uri
+        self.target = target
+        self.headers = headers
+        self.q = q
+        self.request_uri = request_uri or str(uri)
 
 
 _IP_LITERALS: dict[str, bool] = {}  # host text -> is an IP literal (every send asks)

@@ -252,12 +252,24 @@ def format_params(params: dict[str, str | None]) -> str:
 # Via (RFC 3261 §20.42, RFC 3581 rport)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # an __init__ of its own: compiled (relay/events.py)
 class Via:
     transport: str  # upper case: UDP, TCP, TLS, SCTP, WS, WSS
     host: str  # IPv6 without brackets
     port: int | None
     params: dict[str, str | None] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: int | None,
+        params: dict[str, str | None] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params = {} if params is None else params
 
     @property
     def branch(self) -> str | None:
@@ -377,10 +389,17 @@ def parse_host_port(text: str, where: str) -> tuple[str, int | None]:
 # CSeq (RFC 3261 §20.16)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, init=False)  # an __init__ of its own: compiled (relay/events.py)
 class CSeq:
     number: int
     method: str
+
+    def __init__(self, number: int, method: str) -> None:
+        self.number = number
+        self.method = method
+
+    def __hash__(self) -> int:
+        return hash((self.number, self.method))
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
@@ -404,12 +423,24 @@ def parse_cseq(value: bytes) -> CSeq:
 # name-addr / addr-spec headers: From, To, Contact, Route, Record-Route, P-Asserted-Identity
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # an __init__ of its own: compiled (relay/events.py)
 class NameAddr:
     display: str | None  # as written, quotes removed from a quoted-string
     uri: str  # the URI text, without <>
     params: dict[str, str | None] = field(default_factory=dict)
     bracketed: bool = True
+
+    def __init__(
+        self,
+        display: str | None,
+        uri: str,
+        params: dict[str, str | None] | None = None,
+        bracketed: bool = True,
+    ) -> None:
+        self.display = display
+        self.uri = uri
+        self.params = {} if params is None else params
+        self.bracketed = bracketed
 
     @property
     def tag(self) -> str | None:

@@ -62,18 +62,24 @@ ACK_MAX_FORWARDS: Final = b"70"  # RFC 3261 §8.1.1.6, for the ACK and CANCEL we
 # Events
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # an __init__ of its own: compiled (relay/events.py)
 class TxSend:
     """Put these bytes on the wire to the transaction's peer (first send or retransmission)."""
 
     data: bytes
 
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)  # an __init__ of its own: compiled (relay/events.py)
 class TxDeliver:
     """Hand this message to the TU."""
 
     msg: Request | Response
+
+    def __init__(self, msg: Request | Response) -> None:
+        self.msg = msg
 
 
 @dataclass(slots=True)

@@ -148,7 +148,7 @@ def _params(items: list[str], pname: frozenset[str], pvalue: frozenset[str], wha
     return params
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # an __init__ of its own: compiled (relay/events.py)
 class SipUri:
     """A ``sip:`` or ``sips:`` URI. ``user``/``password``/param values are kept %-escaped, as
     written; ``headers`` are decoded (names and values) and re-escaped by ``str()``."""
@@ -160,6 +160,24 @@ class SipUri:
     port: int | None = None
     params: Params = field(default_factory=dict)
     headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def __init__(
+        self,
+        scheme: str,
+        user: str | None,
+        password: str | None,
+        host: str,
+        port: int | None = None,
+        params: Params | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.scheme = scheme
+        self.user = user
+        self.password = password
+        self.host = host
+        self.port = port
+        self.params = {} if params is None else params
+        self.headers = [] if headers is None else headers
 
     def __str__(self) -> str:
         out = [self.scheme, ":"]
