@@ -34,11 +34,16 @@ test-pure: bootstrap lint
 # Kamailio: the reference of the call-rate anchor. As root, installed once (a no-op after).
 KAMAILIO = [ "$$(id -u)" != 0 ] || dpkg -s kamailio >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kamailio >/dev/null || echo "$@: could not install kamailio: no Kamailio figures" >&2
 
+# Call rate: three whole runs, each with the relay and Kamailio back to back (~40 min), then
+# the relay with one worker (how the knee scales with cores, BENCH_SCALING=0 skips it), then
+# the untrusted flood (BENCH_FLOOD=0 skips it). BENCH_ARGS replaces the call-rate options.
+BENCH_ARGS ?= --runs 3 --seconds 10 --repeats 1
 bench: bootstrap
 	$(PY) tools/bench_sip.py
 	$(PY) tools/bench_core.py
 	@$(KAMAILIO)
 	$(PY) tools/bench_calls.py $(BENCH_ARGS)
+	[ "$(BENCH_SCALING)" = 0 ] || $(PY) tools/bench_calls.py --no-kamailio --workers 1 --seconds 10 --repeats 1
 	[ "$(BENCH_FLOOD)" = 0 ] || $(PY) tools/bench_flood.py $(BENCH_FLOOD_ARGS)
 
 # The relay and Kamailio at twice the knee for 30 s, then the knee for 5 s (about 2 minutes):

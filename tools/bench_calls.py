@@ -877,6 +877,31 @@ def format_table(results: dict[str, dict[str, Any]], machine: dict[str, Any]) ->
     return text_table(rows)
 
 
+def format_runs(reports: list[dict[str, Any]]) -> str:
+    """The knees of every run side by side: how much a run-to-run difference is noise."""
+    flows = list((reports[0].get("flows") or {}).keys()) if reports else []
+    lines = [
+        "run | flow     | relay knee | relay ms/call | Kamailio knee | Kamailio ms/call | ratio",
+        "----+----------+------------+---------------+---------------+------------------+------",
+    ]
+    for number, report in enumerate(reports, 1):
+        for flow in flows:
+            result = (report.get("flows") or {}).get(flow) or {}
+            relay, kam = result.get("relay"), result.get("kamailio")
+            ratio = result.get("ratio")
+            lines.append(
+                f"{number:<3} | {flow:<8} | {_knee_text(relay):<10} | "
+                f"{_ms_per_call(relay):<13} | {_knee_text(kam):<13} | "
+                f"{_ms_per_call(kam):<16} | {'n/a' if ratio is None else f'{ratio:.2f}'}"
+            )
+    return "\n".join(lines)
+
+
+def _ms_per_call(search: dict[str, Any] | None) -> str:
+    per_call = (search or {}).get("cpu_ms_per_call")
+    return "-" if per_call is None else f"{per_call:.2f}"
+
+
 def _env_pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", key):
@@ -962,6 +987,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeats", type=positive_int, metavar="N", help="steps that must all PASS at the knee [2]"
     )
     parser.add_argument(
+        "--runs", type=positive_int, default=1, metavar="N",
+        help="whole runs (every flow, relay and Kamailio each), one table per run and a "
+        "table of the knees of all [1]",
+    )  # fmt: skip
+    parser.add_argument(
         "--zero-retrans", action="store_true",
         help="a step with any retransmission fails (the harness allows 0.01 %% of the calls)",
     )  # fmt: skip
@@ -1038,6 +1068,47 @@ def main(argv: list[str] | None = None) -> int:
     if machine["loadavg_at_start"][0] > 0.5 * machine["nproc"]:
         log("note: the machine is busy already; knees will be lower than on an idle one")
 
+    reports: list[dict[str, Any]] = []
+    interrupted = None
+    for run in range(1, args.runs + 1):
+        run_out = out if args.runs == 1 else out / f"run-{run}"
+        run_out.mkdir(parents=True, exist_ok=True)
+        if args.runs > 1:
+            log(f"=== run {run} of {args.runs}: {run_out}")
+        report, interrupted = one_run(args, run_out, anchor, kamailio, machine, vers, skip_note)
+        reports.append(report)
+        if interrupted:
+            break
+    if args.runs > 1:
+        text = json.dumps({"tool": "tools/bench_calls.py", "runs": reports}, indent=2)
+        (out / "results.json").write_text(text + "\n")
+        table = format_runs(reports)
+        (out / "runs.txt").write_text(table + "\n")
+        stream = sys.stderr if args.json == "-" else sys.stdout
+        print("", file=stream)
+        print(table, file=stream)
+        print(f"results: {out / 'results.json'}", file=stream)
+    else:
+        text = json.dumps(reports[0], indent=2)
+    write_json(args.json, text)
+    if interrupted == "interrupted":
+        return 130
+    if interrupted and interrupted.startswith("exit "):
+        return 143  # SIGTERM
+    return 1 if interrupted else 0
+
+
+def one_run(
+    args: argparse.Namespace,
+    out: Path,
+    anchor: Path,
+    kamailio: str | None,
+    machine: dict[str, Any],
+    vers: dict[str, str | None],
+    skip_note: str,
+) -> tuple[dict[str, Any], str | None]:
+    """One search per flow and proxy (the relay, then Kamailio): its report and whether it was
+    cut short."""
     bench = Bench(args, out, anchor)
     if skip_note:
         bench.notes.append(skip_note)
@@ -1107,12 +1178,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in bench.notes:
         print(f"note: {note}", file=stream)
     print(f"results: {out / 'results.json'}", file=stream)
-    write_json(args.json, text)
-    if interrupted == "interrupted":
-        return 130
-    if interrupted and interrupted.startswith("exit "):
-        return 143  # SIGTERM
-    return 1 if interrupted else 0
+    return report, interrupted
 
 
 if __name__ == "__main__":
