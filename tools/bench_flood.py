@@ -6,7 +6,8 @@ and the relay process sees none of the flood (fast path on), compared with the f
 
 Everything happens in a lab of network namespaces of our own (lab/netlab.py) on one bridge:
 
-    proxy    10.77.0.10  `clearipctl run` (UDP+TCP 5060), trust = switch + clearip only
+    proxy    10.77.0.10  `clearipctl run` (UDP+TCP 5060), trust = switch + clearip only;
+                         in the Kamailio phases Kamailio with the anchor's kamailio.cfg instead
     switch   10.77.0.11  SIPp uac_call.xml: the trusted calls (INVITE/200/ACK/BYE)
     clearip  10.77.0.12  tools/clearip_emulator.py over TCP (302 to the provider)
     provider 10.77.0.13  SIPp uas_provider_ok.xml
@@ -15,10 +16,20 @@ Everything happens in a lab of network namespaces of our own (lab/netlab.py) on 
                          proxy's MAC; the proxy routes --spoof-net back via the flooder, so
                          its reverse-path check lets them in when the fast path is off
 
-Phases, each with a fresh proxy (same config but `fastpath.enabled`):
-    baseline  fast path on, no flood (the reference latency; --no-baseline skips it)
-    on        fast path on, flood
-    off       fast path off, flood (the relay itself drops the untrusted INVITEs)
+Phases, each with a fresh proxy (the relay: same config but `fastpath.enabled`):
+    baseline           fast path on, no flood (the reference latency; --no-baseline skips it)
+    on                 fast path on, flood
+    off                fast path off, flood (the relay itself drops the untrusted INVITEs)
+    kamailio-baseline  Kamailio, no flood (its reference latency; --no-baseline skips it too)
+    kamailio           Kamailio, flood: the performance anchor under the same flood (issue 14)
+
+Kamailio (the anchor's kamailio.cfg, read from --anchor, unchanged: -A WITH_TCP, the ClearIP
+link over TCP from 10.77.0.10, the anchor's 4 UDP workers) runs in the foreground (-DD -E) in
+the proxy's namespace, started and stopped by PID like the relay. That config trusts every
+source: a spoofed INVITE is a call like any other, sent to ClearIP and, after its 302, to the
+provider (whose answers go back towards the spoofed source, into the flooder's namespace, which
+drops them). The Kamailio phases are in the default list when `kamailio` is on PATH and the
+anchor's kamailio.cfg is there; otherwise they are skipped with a note (never a failure).
 
 In a flood phase the flooders start first; once they send, the switch places
 --call-rate x --seconds trusted calls; when SIPp ends the flood is stopped. Measured:
@@ -29,8 +40,13 @@ In a flood phase the flooders start first; once they send, the switch places
     is set above --sources) per second of flood, the clsact qdisc's drop counter (the eBPF
     verdicts, never evicted), and UDP receive-buffer overflows in the proxy's namespace;
   * relay: `counters` deltas (messages_in, dropped_untrusted) and the SIP messages it counted
-    from the spoofed sources, and its CPU (utime+stime of the supervisor and workers, its
-    process group, from /proc) over the calls, as % of one core;
+    from the spoofed sources (none for Kamailio, which has no such counters);
+  * proxy CPU: utime+stime of the process tree (the relay's supervisor and workers, or
+    Kamailio's main process and children, from /proc) over the calls, as % of one core;
+  * what got past the proxy: new INVITE transactions the ClearIP emulator received (its --log),
+    those of the flood's Call-IDs apart, and the flood INVITEs the provider received (distinct
+    Via branches in its SIPp message log); the provider takes any number of calls, so a flood
+    a proxy forwards does not end it before the trusted calls;
   * trusted calls: successful/failed/retransmissions at the switch, and the setup latency
     INVITE -> 200 (SIPp rtd 1, every call from -trace_rtt): avg, p50, p95, p99, max.
 
@@ -52,6 +68,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -87,6 +104,7 @@ PYTHON = sys.executable
 PROXY, SWITCH, CLEARIP, PROVIDER, FLOODER = (
     "10.77.0.10", "10.77.0.11", "10.77.0.12", "10.77.0.13", "10.77.0.66",
 )  # fmt: skip
+PROVIDER_B = "10.77.0.14"  # the 302's second Contact (q=0.5), no host of the lab
 NUMBER = "12025550100"
 SIP_PORT = 5060
 
@@ -95,6 +113,10 @@ DEFAULTS = {"seconds": 15.0, "call_rate": 50.0}
 
 UPSTREAM_TIMEOUT_S = 30.0  # the proxy's ClearIP link up (the eBPF compile comes before it)
 PROXY_READY_TIMEOUT_S = 60.0
+KAMAILIO_READY_TIMEOUT_S = 20.0
+KAMAILIO_SETTLE_S = 1.0  # after its sockets listen: its workers fork (the anchor waits 0.5 s)
+KAMAILIO_SHM_MB, KAMAILIO_PKG_MB = 2048, 16  # the anchor's sizes (run_anchor.sh)
+PROVIDER_SPARE_CALLS = 1_000_000  # sipp -m beyond the trusted calls: flood calls don't end it
 PROXY_STOP_GRACE_S = 15.0
 FLOOD_START_TIMEOUT_S = 20.0  # a flooder builds its frames and says "started"
 FLOOD_SLACK_S = 60.0  # a flooder's own time cap: --seconds + this
@@ -103,17 +125,38 @@ RECV_TIMEOUT_S = 10.0  # a trusted call fails when an expected message is this l
 DRAIN_S = 1.0  # after the flood, before the last counters
 CTL_TIMEOUT_S = 30.0
 
+DEFAULT_ANCHOR = REPO.parent / "shared" / "bench" / "anchor"  # as in bench_calls.py
+FLOOD_CALL_ID = "flood-"  # how every Call-ID of the flood starts (FLOODER_PY)
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    proxy: str  # "relay" | "kamailio"
+    fastpath: bool  # the relay's fast path (False for Kamailio: it has none)
+    flood: bool
+
+
+# The phases in the order of the default run.
+PHASES: dict[str, PhaseSpec] = {
+    "baseline": PhaseSpec("relay", fastpath=True, flood=False),
+    "on": PhaseSpec("relay", fastpath=True, flood=True),
+    "off": PhaseSpec("relay", fastpath=False, flood=True),
+    "kamailio-baseline": PhaseSpec("kamailio", fastpath=False, flood=False),
+    "kamailio": PhaseSpec("kamailio", fastpath=False, flood=True),
+}
+
 EPILOG = """\
 examples:
   make bench                                  # all benchmarks, this one included
   make bench BENCH_FLOOD_ARGS="--quick"       # this one short (BENCH_FLOOD=0 skips it)
   .venv/bin/python tools/bench_flood.py --quick --json -
   .venv/bin/python tools/bench_flood.py --flood-pps 100000 --seconds 30 --call-rate 100
+  .venv/bin/python tools/bench_flood.py --quick --phases off,kamailio   # relay vs Kamailio
 
 output: progress on stderr; the table on stdout (on stderr with --json -, so that stdout is
-  JSON only). Needs root (network namespaces, nftables, eBPF), sipp (sip-tester) and tc.
+  JSON only). Needs root (network namespaces, nftables, eBPF), sipp (sip-tester) and tc; the
+  Kamailio phases need kamailio (apt-get install kamailio) and the anchor's kamailio.cfg.
 """
-
 
 
 # ---------------------------------------------------------------------------- the flooder
@@ -323,7 +366,8 @@ def _tree_cpu_ticks(root: int) -> tuple[int, list[int]]:
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in stats.items():
         children.setdefault(ppid, []).append(pid)
-    pids, todo = [], [root] if root in stats else []
+    pids: list[int] = []
+    todo = [root] if root in stats else []
     while todo and len(pids) < 10_000:
         pid = todo.pop()
         pids.append(pid)
@@ -335,6 +379,65 @@ def _rtt_values(workdir: Path, rtd: str = "1") -> list[float]:
     """INVITE -> 200 times (ms) of every call, from sipp's -trace_rtt file(s) in `workdir`."""
     rtts = sipp_rtts(sorted(workdir.glob("*_rtt.csv")))
     return sorted(ms for _, ms, name in rtts if name in (rtd, f"rtd{rtd}"))
+
+
+def _clearip_invites(path: Path) -> dict[str, int]:
+    """The INVITEs the ClearIP emulator logged (--log), those of the flood's Call-IDs apart, and
+    the connections it accepted. Over TCP a proxy never retransmits, so each is a query; the
+    emulator's "retransmission" mark (same Call-ID and branch as an earlier one) is counted
+    apart: Kamailio sends the same spoofed INVITE again once its last transaction has ended."""
+    out = {"invites": 0, "flood_invites": 0, "flood_repeated": 0, "connections": 0}
+    with contextlib.suppress(OSError), open(path, errors="replace") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by the stop
+            if not isinstance(rec, dict):
+                continue
+            if rec.get("event") == "connect":
+                out["connections"] += 1
+            elif rec.get("event") == "request" and rec.get("method") == "INVITE":
+                out["invites"] += 1
+                if str(rec.get("call_id", "")).startswith(FLOOD_CALL_ID):
+                    out["flood_invites"] += 1
+                    out["flood_repeated"] += bool(rec.get("retransmission"))
+    return out
+
+
+_TRACE_HEAD = re.compile(r"^\S+ message (sent|received) ")
+_BRANCH = re.compile(r"branch=([^;,\s]+)")
+
+
+def _flood_invites_received(path: Path) -> dict[str, int]:
+    """The flood INVITEs (Call-ID starting "flood-") a sipp received, retransmissions included,
+    and their distinct top Via branches, from its -trace_msg log read line by line (a provider
+    that got the flood has a large one)."""
+    invites = 0
+    branches: set[str] = set()
+    state = "out"  # "start": the start line is next; "invite": in an INVITE's headers
+    branch = call_id = None
+    with contextlib.suppress(OSError), open(path, errors="replace") as f:
+        for line in f:
+            if head := _TRACE_HEAD.match(line):
+                state = "start" if head.group(1) == "received" else "out"
+                branch = call_id = None
+            elif state == "start" and line.strip():
+                state = "invite" if line.startswith("INVITE ") else "out"
+            elif state == "invite" and not line.strip():  # end of the headers
+                if call_id and call_id.startswith(FLOOD_CALL_ID):
+                    invites += 1
+                    branches.add(branch or "")
+                state = "out"
+            elif state == "invite":
+                name, _, value = line.partition(":")
+                name = name.strip().lower()
+                if name in ("via", "v") and branch is None:
+                    m = _BRANCH.search(value)
+                    branch = m.group(1) if m else None
+                elif name in ("call-id", "i"):
+                    call_id = value.strip()
+    return {"invites": invites, "branches": len(branches)}
 
 
 @dataclass
@@ -356,9 +459,7 @@ def _call_result(sp: SippProc, attempted: int, seconds: float) -> CallResult:
     res = sp.result()
     values = _rtt_values(res.workdir)
     avg = (
-        sum(values) / len(values)
-        if values
-        else sipp_time_ms(res.stats.get("ResponseTime1(C)", ""))
+        sum(values) / len(values) if values else sipp_time_ms(res.stats.get("ResponseTime1(C)", ""))
     )
     setup: dict[str, float | int | None] = {
         "n": len(values),
@@ -385,12 +486,16 @@ def _call_result(sp: SippProc, attempted: int, seconds: float) -> CallResult:
 @dataclass
 class PhaseResult:
     phase: str
+    proxy: str  # "relay" | "kamailio"
     fastpath: bool
     flood: FloodResult | None
     calls: CallResult
+    # the proxy under test: its CPU, and the relay's own counters (None for Kamailio)
     relay: dict[str, Any]
     kernel: dict[str, Any]
     fastpath_status: dict[str, Any]
+    # what got past the proxy: ClearIP's INVITEs and the provider's flood INVITEs
+    passed: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -411,10 +516,14 @@ class FloodLab:
         # replies to the spoofed sources (there are none: untrusted = drop) would go to the
         # flooder; with the route, the proxy's reverse-path check accepts the flood
         self.proxy.add_route(str(args.spoof_net), via=FLOODER)
+        # Two Contacts like the anchor's 302 (A q=1.0, B q=0.5): its kamailio.cfg forks on the
+        # q values (t_load_contacts does nothing with a single Contact: Kamailio then answers
+        # 500 "No redirect contacts"). B is not in the lab: a failover there gets no answer.
         self.rules = net.workdir / "rules.toml"
         self.rules.write_text(
             f'[[rule]]\nmatch = "^\\\\+?{NUMBER}$"\n'
-            f'contacts = ["sip:{{number}}@{PROVIDER}:5060"]\nidentity = true\n'
+            f'contacts = ["sip:{{number}}@{PROVIDER}:5060;q=1.0", '
+            f'"sip:{{number}}@{PROVIDER_B}:5060;q=0.5"]\nidentity = true\n'
         )
         self.name = f"cipf{os.getpid() % 100000}"  # our own table and pins, never a real one's
         hosts = args.spoof_net.hosts()
@@ -428,7 +537,36 @@ class FloodLab:
 
     # -- the proxy
 
-    def start_proxy(self, phase: str, fastpath: bool) -> subprocess.Popen[Any]:
+    def start_proxy(self, phase: str, spec: PhaseSpec) -> subprocess.Popen[Any]:
+        if spec.proxy == "kamailio":
+            return self.start_kamailio(phase)
+        return self.start_relay(phase, spec.fastpath)
+
+    def start_kamailio(self, phase: str) -> subprocess.Popen[Any]:
+        """Kamailio in the foreground in the proxy's namespace, as run_anchor.sh starts it
+        (TCP leg to ClearIP from the proxy's address); it connects on the first INVITE."""
+        args = self.args
+        assert args.kamailio is not None
+        argv = [
+            args.kamailio, "-f", str(args.anchor / "kamailio.cfg"), "-DD", "-E",
+            "-m", str(KAMAILIO_SHM_MB), "-M", str(KAMAILIO_PKG_MB),
+            "-l", f"udp:{PROXY}:{SIP_PORT}", "-l", f"tcp:{PROXY}:{SIP_PORT}",
+            "-A", "WITH_TCP", "-A", "TCP_CHILDREN=2", "-A", f"TCP_SRC={PROXY}",
+            "-A", f"NCHILDREN={args.kamailio_children}",
+            "-A", f'CLEARIP_URI="sip:{CLEARIP}:{SIP_PORT};transport=tcp"',
+        ]  # fmt: skip
+        (self.net.workdir / phase / "kamailio.argv").write_text(json.dumps(argv) + "\n")
+        self.config = None
+        proc = self.proxy.popen(argv)  # `ip netns exec` execs: proc.pid is Kamailio's
+        self.proc = proc
+        self.proxy.wait_udp(SIP_PORT, ip=PROXY, proc=proc, timeout=KAMAILIO_READY_TIMEOUT_S)
+        self.proxy.wait_tcp(SIP_PORT, ip=PROXY, proc=proc, timeout=KAMAILIO_READY_TIMEOUT_S)
+        time.sleep(KAMAILIO_SETTLE_S)
+        if proc.poll() is not None:
+            raise RuntimeError(f"kamailio exited (rc={proc.returncode}): {_tail(proc)}")
+        return proc
+
+    def start_relay(self, phase: str, fastpath: bool) -> subprocess.Popen[Any]:
         work = self.net.workdir / phase
         (work / "state").mkdir(parents=True, exist_ok=True)
         config = work / "proxy.toml"
@@ -528,34 +666,47 @@ log_level = "warning"
 
     # -- a phase
 
-    def run_phase(self, phase: str, fastpath: bool, flood: bool) -> PhaseResult:
+    def run_phase(self, phase: str) -> PhaseResult:
         from lab.netlab import stop_process
         from lab.sippy_runner import start_sipp
 
         args = self.args
+        spec = PHASES[phase]
+        relay = spec.proxy == "relay"
         calls = max(1, round(args.call_rate * args.seconds))
-        log(f"[{phase}] proxy with fastpath.enabled = {str(fastpath).lower()} ...")
+        work = self.net.workdir / phase
+        work.mkdir(parents=True, exist_ok=True)
+        clearip_log = work / "clearip.jsonl"
+        if relay:
+            log(f"[{phase}] proxy with fastpath.enabled = {str(spec.fastpath).lower()} ...")
+        else:
+            log(f"[{phase}] Kamailio with {args.anchor / 'kamailio.cfg'} ...")
         emulator = self.clearip.popen([
             PYTHON, str(REPO / "tools" / "clearip_emulator.py"), "--rules", str(self.rules),
-            "--listen", f"tcp:{CLEARIP}:5060",
+            "--listen", f"tcp:{CLEARIP}:5060", "--log", str(clearip_log),
         ])  # fmt: skip
         notes: list[str] = []
         flooders: Flooders | None = None
         uas: SippProc | None = None
+        proxy_log: Path | None = None
+        st0: dict[str, Any] | None = None
+        st1: dict[str, Any] | None = None
         try:
             self.clearip.wait_tcp(5060, ip=CLEARIP, proc=emulator, timeout=20)
-            proxy = self.start_proxy(phase, fastpath)
-            fp = self.status().get("fastpath") or {}
-            if bool(fp.get("enabled")) != fastpath:
-                raise RuntimeError(f"fast path should be {fastpath}, status says {fp}")
+            proxy = self.start_proxy(phase, spec)
+            proxy_log = getattr(proxy, "log_path", None)
+            if relay:
+                fp = self.status().get("fastpath") or {}
+                if bool(fp.get("enabled")) != spec.fastpath:
+                    raise RuntimeError(f"fast path should be {spec.fastpath}, status says {fp}")
             uas = start_sipp(
-                self.provider, "uas_provider_ok.xml", calls=calls,
+                self.provider, "uas_provider_ok.xml", calls=calls + PROVIDER_SPARE_CALLS,
                 timeout=args.seconds + SIPP_SLACK_S + 10, name=f"{phase}.provider",
             )  # fmt: skip
-            st0 = self.status()
+            st0 = self.status() if relay else None
             k0 = self.kernel_snapshot()
             flood_t0 = time.monotonic()
-            if flood:
+            if spec.flood:
                 flooders = Flooders(
                     self.flooder,
                     count=args.flooders,
@@ -587,7 +738,7 @@ log_level = "warning"
             flood_t1 = time.monotonic()
             time.sleep(DRAIN_S)
             k1 = self.kernel_snapshot()
-            st1 = self.status()
+            st1 = self.status() if relay else None
             call_res = _call_result(uac, calls, t1 - t0)
             prov = uas.stop(grace=5)
             call_res.provider_successful = prov.successful
@@ -602,10 +753,12 @@ log_level = "warning"
             stop_process(emulator, grace=5)
         if rc not in (0, None):
             notes.append(f"the proxy exited with rc={rc} at stop")
-        if fastpath:
+        if relay and spec.fastpath:
             tables = self.proxy.run(["nft", "list", "tables"], check=False).stdout
             if self.name in tables:
                 notes.append(f"nft table {self.name} left behind after stop")
+        if not relay and proxy_log is not None:
+            notes.extend(_kamailio_log_notes(Path(proxy_log)))
 
         window = max(t1 - t0, 1e-6)
         flood_window = max(flood_t1 - flood_t0, 1e-6)
@@ -618,21 +771,30 @@ log_level = "warning"
             if flood_res.errors:
                 notes.append(f"{flood_res.errors} flood chunk(s) failed to send (ENOBUFS)")
 
-        relay = self._relay_figures(st0, st1, cpu1 - cpu0, window, pids0, pids)
+        figures = self._proxy_figures(st0, st1, cpu1 - cpu0, window, pids0, pids)
         kernel = self._kernel_figures(st0, st1, k0, k1, flood_seconds if flood_res else window)
-        if relay["processes_gone"]:
+        if figures["processes_gone"]:
             notes.append(
-                f"{relay['processes_gone']} relay process(es) ended during the calls (a worker "
-                "restart?): their CPU is not counted"
+                f"{figures['processes_gone']} {spec.proxy} process(es) ended during the calls "
+                "(a worker restart?): their CPU is not counted"
             )
+        provider = _flood_invites_received(prov.workdir / "messages.log")
+        passed = {
+            "clearip": _clearip_invites(clearip_log),
+            "provider_flood_invites": provider["invites"],
+            "provider_flood_branches": provider["branches"],
+            "provider_calls": prov.created,
+        }
         return PhaseResult(
             phase=phase,
-            fastpath=fastpath,
+            proxy=spec.proxy,
+            fastpath=spec.fastpath,
             flood=flood_res,
             calls=call_res,
-            relay=relay,
+            relay=figures,
             kernel=kernel,
-            fastpath_status=st1.get("fastpath") or {},
+            fastpath_status=(st1 or {}).get("fastpath") or {},
+            passed=passed,
             notes=notes,
         )
 
@@ -648,30 +810,35 @@ log_level = "warning"
                 total += int((src.get(part) or {}).get(key, 0) or 0)
         return total
 
-    def _relay_figures(
+    def _proxy_figures(
         self,
-        st0: dict[str, Any],
-        st1: dict[str, Any],
+        st0: dict[str, Any] | None,
+        st1: dict[str, Any] | None,
         ticks: int,
         window: float,
         pids0: list[int],
         pids1: list[int],
     ) -> dict[str, Any]:
-        c0, c1 = st0.get("counters") or {}, st1.get("counters") or {}
+        """The proxy's CPU; the relay's counters from its status (None without: Kamailio)."""
         hz = os.sysconf("SC_CLK_TCK")
-        flood_sources_seen = sum(
-            1
-            for s in st1.get("sources") or []
-            if self._in_flood(str(s.get("address", "")))
-            and int((s.get("sip") or {}).get("messages_in", 0) or 0) > 0
+        counters: dict[str, int | None] = dict.fromkeys(
+            ("messages_in", "dropped_untrusted", "flood_messages_in", "flood_sources_seen")
         )
+        if st0 is not None and st1 is not None:
+            c0, c1 = st0.get("counters") or {}, st1.get("counters") or {}
+            for key in ("messages_in", "dropped_untrusted"):
+                counters[key] = int(c1.get(key, 0)) - int(c0.get(key, 0))
+            counters["flood_messages_in"] = self._source_sum(
+                st1, "sip", "messages_in", True
+            ) - self._source_sum(st0, "sip", "messages_in", True)
+            counters["flood_sources_seen"] = sum(
+                1
+                for s in st1.get("sources") or []
+                if self._in_flood(str(s.get("address", "")))
+                and int((s.get("sip") or {}).get("messages_in", 0) or 0) > 0
+            )
         return {
-            "messages_in": int(c1.get("messages_in", 0)) - int(c0.get("messages_in", 0)),
-            "dropped_untrusted": int(c1.get("dropped_untrusted", 0))
-            - int(c0.get("dropped_untrusted", 0)),
-            "flood_messages_in": self._source_sum(st1, "sip", "messages_in", True)
-            - self._source_sum(st0, "sip", "messages_in", True),
-            "flood_sources_seen": flood_sources_seen,
+            **counters,
             "cpu_pct": round(100.0 * ticks / hz / window, 1),
             "cpu_seconds": round(ticks / hz, 2),
             "window_s": round(window, 3),
@@ -681,17 +848,20 @@ log_level = "warning"
 
     def _kernel_figures(
         self,
-        st0: dict[str, Any],
-        st1: dict[str, Any],
+        st0: dict[str, Any] | None,
+        st1: dict[str, Any] | None,
         k0: dict[str, Any],
         k1: dict[str, Any],
         seconds: float,
     ) -> dict[str, Any]:
-        drops = self._source_sum(st1, "kernel", "dropped_untrusted_pkts", True) - self._source_sum(
-            st0, "kernel", "dropped_untrusted_pkts", True
-        )
-        all_drops = self._source_sum(st1, "kernel", "dropped_untrusted_pkts", False)
-        all_drops -= self._source_sum(st0, "kernel", "dropped_untrusted_pkts", False)
+        """Kernel counters in the proxy's namespace; the fast path's drops from the relay's
+        status (None without one: Kamailio)."""
+        drops = all_drops = None
+        if st0 is not None and st1 is not None:
+            drops = self._source_sum(st1, "kernel", "dropped_untrusted_pkts", True)
+            drops -= self._source_sum(st0, "kernel", "dropped_untrusted_pkts", True)
+            all_drops = self._source_sum(st1, "kernel", "dropped_untrusted_pkts", False)
+            all_drops -= self._source_sum(st0, "kernel", "dropped_untrusted_pkts", False)
         q0, q1 = k0.get("qdisc_drops"), k1.get("qdisc_drops")
         qdrops = q1 - q0 if isinstance(q0, int) and isinstance(q1, int) else None
         u0, u1 = k0.get("udp") or {}, k1.get("udp") or {}
@@ -702,7 +872,7 @@ log_level = "warning"
         return {
             "fastpath_dropped_untrusted": drops,
             "fastpath_dropped_untrusted_all_sources": all_drops,
-            "drops_per_s": round(drops / seconds, 1),
+            "drops_per_s": round(drops / seconds, 1) if drops is not None else None,
             "qdisc_drops": qdrops,
             "qdisc_drops_per_s": round(qdrops / seconds, 1) if qdrops is not None else None,
             "udp_in_datagrams": udp("InDatagrams"),
@@ -710,6 +880,24 @@ log_level = "warning"
             "udp_rcvbuf_errors_per_s": round(udp("RcvbufErrors") / seconds, 1),
             "seconds": round(seconds, 3),
         }
+
+
+def _kamailio_log_notes(path: Path, limit: int = 3) -> list[str]:
+    """How many ERROR lines Kamailio logged (debug=0: warnings and errors only), and the first
+    few distinct ones, without their per-process prefix."""
+    count = 0
+    seen: list[str] = []
+    with contextlib.suppress(OSError), open(path, errors="replace") as f:
+        for line in f:
+            if "ERROR" not in line and "CRITICAL" not in line:
+                continue
+            count += 1
+            text = re.sub(r"^\s*\d+\([0-9]+\)\s*", "", line.strip())[:200]
+            if len(seen) < limit and text not in seen:
+                seen.append(text)
+    if not count:
+        return []
+    return [f"kamailio logged {count:,} ERROR line(s), e.g.: " + " | ".join(seen)]
 
 
 def _tail(proc: subprocess.Popen[Any], size: int = 2000) -> str:
@@ -732,11 +920,23 @@ def _fmt(value: Any, spec: str = ",.0f") -> str:
     return str(value)
 
 
+def _label(p: PhaseResult) -> str:
+    if p.proxy == "relay":
+        return f"{p.phase} (fast path {'on' if p.fastpath else 'off'})"
+    return f"{p.phase} ({p.proxy.capitalize()})"
+
+
+def _passed(p: PhaseResult) -> str:
+    """Flood INVITEs that got past the proxy: to ClearIP / to the provider."""
+    clearip = (p.passed.get("clearip") or {}).get("flood_invites")
+    return f"{_fmt(clearip, ',')}/{_fmt(p.passed.get('provider_flood_invites'), ',')}"
+
+
 def render_table(phases: list[PhaseResult]) -> str:
     head = (
         "phase", "flood pps sent", "pps at proxy", "kernel drops/s", "sockbuf drops/s",
-        "relay saw msgs", "relay dropped", "relay CPU", "calls ok/failed", "retrans",
-        "setup avg/p50/p95/p99 ms",
+        "relay saw msgs", "relay dropped", "flood to ClearIP/prov", "proxy CPU",
+        "calls ok/failed", "retrans", "setup avg/p50/p95/p99 ms",
     )  # fmt: skip
     rows = [head]
     for p in phases:
@@ -744,14 +944,18 @@ def render_table(phases: list[PhaseResult]) -> str:
         s = c.setup_ms
         lat = "/".join(_fmt(s.get(q), ".1f") for q in ("avg", "p50", "p95", "p99"))
         lat += f" (n={s.get('n', 0)})"
+        saw = "-"
+        if r.get("messages_in") is not None:
+            saw = f"{r['messages_in']:,} ({r['flood_messages_in']:,} flood)"
         rows.append((
-            f"{p.phase} (fast path {'on' if p.fastpath else 'off'})",
+            _label(p),
             _fmt(f.pps_sent if f else None),
             _fmt(f.eth0_rx_pps if f else None),
-            _fmt(k["drops_per_s"] if p.fastpath else None),
+            _fmt(k.get("drops_per_s") if p.fastpath else None),
             _fmt(k["udp_rcvbuf_errors_per_s"]),
-            f"{r['messages_in']:,} ({r['flood_messages_in']:,} flood)",
-            _fmt(r["dropped_untrusted"], ","),
+            saw,
+            _fmt(r.get("dropped_untrusted"), ","),
+            _passed(p) if f else "-",
             f"{r['cpu_pct']:.1f}%",
             f"{c.successful}/{c.failed} of {c.attempted}",
             _fmt(c.retransmissions, ","),
@@ -764,6 +968,7 @@ def summary(phases: list[PhaseResult]) -> list[str]:
     by = {p.phase: p for p in phases}
     out = []
     on, off, base = by.get("on"), by.get("off"), by.get("baseline")
+    kam, kam_base = by.get("kamailio"), by.get("kamailio-baseline")
     if on is not None:
         out.append(
             f"fast path on: the relay counted {on.relay['flood_messages_in']:,} flood messages "
@@ -778,15 +983,37 @@ def summary(phases: list[PhaseResult]) -> list[str]:
             f"messages, dropped {off.relay['dropped_untrusted']:,}; "
             f"{off.kernel['udp_rcvbuf_errors']:,} overflowed its UDP socket buffers"
         )
-    for p in (on, off):
-        if p is None or base is None:
+    if kam is not None:
+        clearip = kam.passed.get("clearip") or {}
+        out.append(
+            f"Kamailio (anchor kamailio.cfg: every source trusted) took "
+            f"{kam.kernel['udp_in_datagrams']:,} UDP datagrams "
+            f"({kam.kernel['udp_rcvbuf_errors']:,} more overflowed its socket buffers) while "
+            f"{kam.flood.sent if kam.flood else 0:,} flood packets were sent; it sent "
+            f"{clearip.get('flood_invites', 0):,} flood INVITEs to ClearIP "
+            f"({clearip.get('flood_repeated', 0):,} of them one sent before, again) and the "
+            f"provider got {kam.passed.get('provider_flood_invites', 0):,} "
+            f"({kam.passed.get('provider_flood_branches', 0):,} distinct branches)"
+        )
+    flooded = [p for p in (on, off, kam) if p is not None]
+    if len(flooded) > 1:
+        out.append(
+            "same flood, trusted calls ok / setup p50, p99 / proxy CPU: "
+            + "; ".join(
+                f"{p.phase} {p.calls.successful}/{p.calls.attempted} / "
+                f"{_fmt(p.calls.setup_ms.get('p50'), '.1f')}, "
+                f"{_fmt(p.calls.setup_ms.get('p99'), '.1f')} ms / {p.relay['cpu_pct']:.1f}%"
+                for p in flooded
+            )
+        )
+    for p, ref in ((on, base), (off, base), (kam, kam_base)):
+        if p is None or ref is None:
             continue
-        a, b = p.calls.setup_ms.get("p50"), base.calls.setup_ms.get("p50")
+        a, b = p.calls.setup_ms.get("p50"), ref.calls.setup_ms.get("p50")
         if isinstance(a, int | float) and isinstance(b, int | float) and b > 0:
             out.append(f"{p.phase}: setup p50 {a:.1f} ms vs {b:.1f} ms without flood "
                        f"(x{a / b:.2f})")  # fmt: skip
     return out
-
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -844,10 +1071,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=0, metavar="N",
                         help="relay.workers [0: one per core]")  # fmt: skip
     parser.add_argument("--no-baseline", action="store_true",
-                        help="skip the phase without flood (the reference latency)")  # fmt: skip
+                        help="skip the phases without flood (the reference latencies)")  # fmt: skip
+    parser.add_argument("--no-kamailio", action="store_true",
+                        help="skip the Kamailio phases")  # fmt: skip
     parser.add_argument(
         "--phases", default=None, metavar="LIST",
-        help="comma-separated subset of baseline,on,off, run in that order [all]",
+        help=f"comma-separated subset of {','.join(PHASES)}, run in the order given [all; "
+        "the Kamailio ones when kamailio is installed]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--anchor", type=Path, default=DEFAULT_ANCHOR, metavar="DIR",
+        help=f"the anchor directory whose kamailio.cfg Kamailio runs (read only) "
+        f"[{DEFAULT_ANCHOR}]",
+    )  # fmt: skip
+    parser.add_argument(
+        "--kamailio-children", type=int, default=4, metavar="N",
+        help="Kamailio UDP workers (-A NCHILDREN) [4: the anchor's, best on 2 cores]",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true",
                         help="short run: 5 s of calls at 20/s per phase "
@@ -864,17 +1103,46 @@ def resolve_args(args: argparse.Namespace) -> None:
     apply_preset(args, QUICK if args.quick else DEFAULTS)
     if args.flooders is None:
         args.flooders = max(1, (os.cpu_count() or 2) // 2)
-    names = ["baseline", "on", "off"]
+    names = list(PHASES)
     if args.phases:
         names = [p.strip() for p in args.phases.split(",") if p.strip()]
     if args.no_baseline:
-        names = [p for p in names if p != "baseline"]
+        names = [p for p in names if p not in PHASES or PHASES[p].flood]
+    if args.no_kamailio:
+        names = [p for p in names if p not in PHASES or PHASES[p].proxy != "kamailio"]
     args.phase_names = names
 
 
+def kamailio_unavailable(args: argparse.Namespace) -> str | None:
+    """Why the Kamailio phases can't run here (sets args.kamailio to its path), or None."""
+    args.kamailio = shutil.which("kamailio")
+    if args.kamailio is None:
+        return "kamailio is not on PATH (apt-get install kamailio)"
+    if not (args.anchor / "kamailio.cfg").is_file():
+        return f"no {args.anchor / 'kamailio.cfg'} (--anchor)"
+    return None
+
+
+def drop_kamailio(names: list[str], reason: str | None) -> tuple[list[str], list[str]]:
+    """The phases that can run, and a note for the Kamailio ones skipped (when `reason`)."""
+    if reason is None:
+        return names, []
+    skipped = [p for p in names if PHASES[p].proxy == "kamailio"]
+    if not skipped:
+        return names, []
+    kept = [p for p in names if p not in skipped]
+    return kept, [f"skipped {', '.join(skipped)}: {reason}"]
+
+
 def check_args(args: argparse.Namespace) -> str | None:
-    if not args.phase_names or any(p not in ("baseline", "on", "off") for p in args.phase_names):
-        return f"--phases: a subset of baseline,on,off, got {args.phases!r}"
+    if any(p not in PHASES for p in args.phase_names):
+        return f"--phases: a subset of {','.join(PHASES)}, got {args.phases!r}"
+    if not args.phase_names:
+        return "no phase left to run (--phases, --no-baseline, --no-kamailio)"
+    if len(set(args.phase_names)) != len(args.phase_names):
+        return f"--phases: each phase once, got {args.phases!r}"
+    if not 1 <= args.kamailio_children <= 64:
+        return "--kamailio-children: 1 to 64"
     if not 0 < args.seconds <= 600:
         return "--seconds: more than 0, at most 600"
     if not 0 < args.call_rate <= 5000:
@@ -886,7 +1154,6 @@ def check_args(args: argparse.Namespace) -> str | None:
     if not 1 <= args.flood_max_packets <= 10**10:
         return "--flood-max-packets: 1 to 1e10"
     return None
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -907,9 +1174,23 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             log(f"bench_flood: {tool} not found: run `make bootstrap`")
             return 2
-    if not Path(args.clearipctl).exists():
+    relay_phases = any(PHASES[p].proxy == "relay" for p in args.phase_names)
+    if relay_phases and not Path(args.clearipctl).exists():
         log(f"bench_flood: no {args.clearipctl}: run `make bootstrap`")
         return 2
+    args.phase_names, notes = drop_kamailio(args.phase_names, kamailio_unavailable(args))
+    for note in notes:
+        log(f"bench_flood: {note}")
+    if not args.phase_names:
+        log("bench_flood: no phase left to run")
+        return 0
+    kamailio_version = None
+    if args.kamailio and any(PHASES[p].proxy == "kamailio" for p in args.phase_names):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            res = subprocess.run([args.kamailio, "-v"], capture_output=True, text=True,
+                                 timeout=10, check=False)  # fmt: skip
+            first = (res.stdout.splitlines() or [""])[0]  # "version: kamailio 5.6.3 (...)"
+            kamailio_version = first.removeprefix("version: ").strip()
     cleanup_stale()
 
     started = datetime.now(UTC)
@@ -927,17 +1208,16 @@ def main(argv: list[str] | None = None) -> int:
             with NetLab(workdir=args.workdir) as net:
                 lab = FloodLab(net, args)
                 for name in args.phase_names:
-                    phases.append(
-                        lab.run_phase(name, fastpath=name != "off", flood=name != "baseline")
-                    )
+                    phases.append(lab.run_phase(name))
                     p = phases[-1]
-                    log(f"[{name}] calls {p.calls.successful}/{p.calls.attempted} ok, relay CPU "
-                        f"{p.relay['cpu_pct']:.1f}%"
+                    log(f"[{name}] calls {p.calls.successful}/{p.calls.attempted} ok, {p.proxy} "
+                        f"CPU {p.relay['cpu_pct']:.1f}%"
                         + (f", flood {p.flood.pps_sent:,.0f} pps" if p.flood else ""))  # fmt: skip
         except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
             error = f"{type(exc).__name__}: {exc}"
             log(f"bench_flood: failed: {error}")
 
+    lines = summary(phases)
     result = {
         "benchmark": "flood",
         "started": started.isoformat(timespec="seconds"),
@@ -953,16 +1233,23 @@ def main(argv: list[str] | None = None) -> int:
             "workers": args.workers,
             "phases": args.phase_names,
             "quick": args.quick,
+            "kamailio": kamailio_version,
+            "kamailio_cfg": str(args.anchor / "kamailio.cfg") if kamailio_version else None,
+            "kamailio_children": args.kamailio_children if kamailio_version else None,
         },
         "phases": [asdict(p) for p in phases],
-        "summary": summary(phases),
+        "summary": lines,
+        "notes": notes,
         "error": error,
     }
     out = sys.stderr if args.json == "-" else sys.stdout
     if phases:
         print(render_table(phases), file=out)
-        for line in result["summary"]:
+        for line in [*lines, *notes]:
             print(f"  {line}", file=out)
+        for p in phases:
+            for line in p.notes:
+                print(f"  [{p.phase}] {line}", file=out)
     write_json(args.json, json.dumps(result, indent=2))
     return 2 if error else 0
 
