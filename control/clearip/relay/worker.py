@@ -54,6 +54,10 @@ IDLE_SWEEP_INTERVAL = 10.0
 TLS_HANDSHAKE_TIMEOUT = 10.0
 REFUSAL_LOG_INTERVAL = 60.0
 OVERLOAD_TICK = 0.01  # the event-loop heartbeat of overload control
+# What the core has to send after a message waits until the loop has read what is ready now
+# (one UDP batch, one TCP read), at most this many messages: the ClearIP link then gets one
+# write for several calls' requests, and timers are re-armed once, not per message.
+HOLD_MAX = 8
 
 class Worker:
     """Implements the core's Environment and moves bytes between sockets and the core."""
@@ -107,6 +111,7 @@ class Worker:
         self._stop = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._latency = self.counters.latency.append
+        self._held: list[float] = []  # when each message not yet flushed began (perf_counter)
         # copies of every message for `capture --decrypted` and HEP3; empty: no cost
         self.copies = Copies(self.local, self._spawn, index)
         # the sockets this worker binds at start; a reload keeps them (and so these)
@@ -465,7 +470,12 @@ class Worker:
         self._flush()
 
     def _receive(self, data: bytes, flow: Flow, waited: float = 0.0) -> None:
-        """`waited`: seconds the message sat in the kernel's queue (UDP; 0 when unknown)."""
+        """`waited`: seconds the message sat in the kernel's queue (UDP; 0 when unknown).
+
+        What the message makes the core send goes out at the next `_flush`: after the rest of
+        what the loop has ready now (`call_soon` runs once every ready socket was read), or
+        sooner once HOLD_MAX messages wait. The latency window gets each message's time from
+        its read to that flush."""
         started = perf_counter()
         if waited > self._wait_max:
             self._wait_max = waited
@@ -476,8 +486,17 @@ class Worker:
         except Exception:  # a bug must cost one message, never the worker or its timers
             log.exception("internal error handling a message from %s:%d", *flow.remote)
             self.counters.inc("internal_errors")
-        self._flush()
-        self._latency(perf_counter() - started)
+        held = self._held
+        held.append(started)
+        if len(held) == 1:
+            assert self.loop is not None
+            self.loop.call_soon(self._flush_held)
+        elif len(held) >= HOLD_MAX:
+            self._flush()
+
+    def _flush_held(self) -> None:
+        if self._held:
+            self._flush()
 
     def _now(self) -> float:
         assert self.loop is not None
@@ -530,8 +549,29 @@ class Worker:
 
     def _flush(self) -> None:
         core = self.core
-        for item in core.data_to_send():
-            self._send(item)
+        while True:  # a failed send may make the core send again (the next provider)
+            items = core.data_to_send()
+            if not items:
+                break
+            if len(items) == 1:
+                self._send(items[0])
+                continue
+            links: dict[int, list[Send]] = {}
+            for item in items:
+                target = item.target
+                if target.upstream and target.conn is not None:
+                    links.setdefault(target.conn, []).append(item)
+                else:
+                    self._send(item)
+            for conn_id, group in links.items():
+                self._send_upstream(conn_id, group)
+        held = self._held
+        if held:
+            done = perf_counter()
+            record = self._latency
+            for started in held:
+                record(done - started)
+            held.clear()
         when = core.next_deadline()
         if when is not None and (self._timer_at is None or when < self._timer_at):
             assert self.loop is not None
@@ -540,14 +580,24 @@ class Worker:
             self._timer_at = when
             self._timer = self.loop.call_at(when, self._on_timer)
 
+    def _send_upstream(self, conn_id: int, items: list[Send]) -> None:
+        """Several messages for one ClearIP connection: one write."""
+        conn = self.link.get(conn_id) if self.link else None
+        data = items[0].data if len(items) == 1 else b"".join([i.data for i in items])
+        if conn is None or not conn.write(data):
+            for item in items:
+                self._failed(item)
+        elif self.copies:
+            for item in items:
+                self.copies.emit("out", conn.name, conn.local, conn.remote, item.data, True)
+
     def _send(self, item: Send) -> None:
         target = item.target
         if target.upstream:
-            conn = self.link.get(target.conn) if self.link and target.conn is not None else None
-            if conn is None or not conn.write(item.data):
+            if target.conn is None:
                 self._failed(item)
-            elif self.copies:
-                self.copies.emit("out", conn.name, conn.local, conn.remote, item.data, True)
+            else:
+                self._send_upstream(target.conn, [item])
             return
         if target.transport == "udp":
             self._send_udp(item)
