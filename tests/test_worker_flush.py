@@ -10,7 +10,10 @@ import asyncio
 import socket
 import struct
 
+import pytest
+
 from clearip.config import parse_config
+from clearip.relay import worker as worker_module
 from clearip.relay.events import Flow, Target
 from clearip.relay.streams import StreamConnection
 from clearip.relay.upstream import UpstreamLink
@@ -103,9 +106,21 @@ async def invites_received_in_one_pass() -> tuple[int, int, int, int]:
         peer.close()
 
 
-def test_what_a_pass_of_the_loop_read_is_flushed_after_it_and_at_most_hold_max_at_once() -> None:
+def test_what_a_pass_of_the_loop_read_is_flushed_after_it_and_at_most_hold_max_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker_module, "HOLD_TIME", 60.0)  # the count bound alone
     during, after, invites, samples = asyncio.run(invites_received_in_one_pass())
     assert during == 1  # the first HOLD_MAX INVITEs to ClearIP, one write, while still reading
     assert after == 2  # the last two once the loop turned
     assert invites == HOLD_MAX + 2
     assert samples == HOLD_MAX + 2  # each message's read-to-flush time
+
+
+def test_a_message_is_held_no_longer_than_hold_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HOLD_TIME 0: each message waits for at most one more (the first of a pair is not held
+    past the second's reading)."""
+    monkeypatch.setattr(worker_module, "HOLD_TIME", 0.0)
+    during, after, invites, samples = asyncio.run(invites_received_in_one_pass())
+    assert during == after == (HOLD_MAX + 2) // 2
+    assert invites == samples == HOLD_MAX + 2

@@ -55,9 +55,11 @@ TLS_HANDSHAKE_TIMEOUT = 10.0
 REFUSAL_LOG_INTERVAL = 60.0
 OVERLOAD_TICK = 0.01  # the event-loop heartbeat of overload control
 # What the core has to send after a message waits until the loop has read what is ready now
-# (one UDP batch, one TCP read), at most this many messages: the ClearIP link then gets one
-# write for several calls' requests, and timers are re-armed once, not per message.
+# (one UDP batch, one TCP read), at most HOLD_MAX messages and HOLD_TIME seconds from the first:
+# the ClearIP link then gets one write for several calls' requests, and timers are re-armed once,
+# not per message, while no message waits on more than a few others.
 HOLD_MAX = 8
+HOLD_TIME = 0.0002
 
 class Worker:
     """Implements the core's Environment and moves bytes between sockets and the core."""
@@ -474,8 +476,8 @@ class Worker:
 
         What the message makes the core send goes out at the next `_flush`: after the rest of
         what the loop has ready now (`call_soon` runs once every ready socket was read), or
-        sooner once HOLD_MAX messages wait. The latency window gets each message's time from
-        its read to that flush."""
+        sooner once HOLD_MAX messages or HOLD_TIME wait. The latency window gets each message's
+        time from its read to that flush."""
         started = perf_counter()
         if waited > self._wait_max:
             self._wait_max = waited
@@ -491,7 +493,7 @@ class Worker:
         if len(held) == 1:
             assert self.loop is not None
             self.loop.call_soon(self._flush_held)
-        elif len(held) >= HOLD_MAX:
+        elif len(held) >= HOLD_MAX or perf_counter() - held[0] >= HOLD_TIME:
             self._flush()
 
     def _flush_held(self) -> None:
