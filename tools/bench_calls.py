@@ -880,21 +880,25 @@ def format_table(results: dict[str, dict[str, Any]], machine: dict[str, Any]) ->
 def format_runs(reports: list[dict[str, Any]]) -> str:
     """The knees of every run side by side: how much a run-to-run difference is noise."""
     flows = list((reports[0].get("flows") or {}).keys()) if reports else []
-    lines = [
-        "run | flow     | relay knee | relay ms/call | Kamailio knee | Kamailio ms/call | ratio",
-        "----+----------+------------+---------------+---------------+------------------+------",
-    ]
+    rows = [["run", "flow", "relay knee", "relay ms/call", "Kamailio knee", "Kamailio ms/call",
+             "ratio"]]  # fmt: skip
     for number, report in enumerate(reports, 1):
         for flow in flows:
             result = (report.get("flows") or {}).get(flow) or {}
             relay, kam = result.get("relay"), result.get("kamailio")
             ratio = result.get("ratio")
-            lines.append(
-                f"{number:<3} | {flow:<8} | {_knee_text(relay):<10} | "
-                f"{_ms_per_call(relay):<13} | {_knee_text(kam):<13} | "
-                f"{_ms_per_call(kam):<16} | {'n/a' if ratio is None else f'{ratio:.2f}'}"
+            rows.append(
+                [
+                    str(number),
+                    flow,
+                    _knee_text(relay),
+                    _ms_per_call(relay),
+                    _knee_text(kam),
+                    _ms_per_call(kam),
+                    "n/a" if ratio is None else f"{ratio:.2f}",
+                ]
             )
-    return "\n".join(lines)
+    return text_table(rows)
 
 
 def _ms_per_call(search: dict[str, Any] | None) -> str:
